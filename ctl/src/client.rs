@@ -1,0 +1,63 @@
+//! Connecting to appld: the local Unix socket by default, TCP with `--addr`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Where the daemon is.
+#[derive(Debug, clap::Args)]
+pub struct ConnArgs {
+    /// The daemon's Unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "APPL_SOCKET",
+        default_value = "/run/appl/appld.sock"
+    )]
+    pub socket: PathBuf,
+    /// Connect over TCP instead, such as http://127.0.0.1:50051.
+    #[arg(long, global = true, env = "APPL_ADDR")]
+    pub addr: Option<String>,
+}
+
+impl ConnArgs {
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        if let Some(addr) = &self.addr {
+            let addr = if addr.contains("://") {
+                addr.clone()
+            } else {
+                format!("http://{addr}")
+            };
+            return Endpoint::from_shared(addr.clone())
+                .with_context(|| format!("bad --addr {addr}"))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach appld at {addr}; is it running?"));
+        }
+        let path = self.socket.clone();
+        // The URI is required by the API but unused: the connector dials the socket.
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach appld on {}; is it running? (use --socket or --addr)",
+                    self.socket.display()
+                )
+            })
+    }
+}
+
+/// A gRPC error as the operator should read it.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}

@@ -1,0 +1,310 @@
+//! `applctl`: the operator's tool for appl.
+//!
+//! It talks to `appld` over the local Unix socket by default, or over TCP with `--addr`. Read
+//! commands accept `--json`. Exit codes: 0 success, 1 failure, 2 usage error.
+
+mod client;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use appl_proto::v1 as pb;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Operate an appl inference appliance")]
+struct Cli {
+    #[command(flatten)]
+    conn: client::ConnArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt and stream it to stdout.
+    Generate(GenerateArgs),
+    /// List the models the daemon serves.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the daemon whether it is serving (grpc.health.v1). Exit 0 when SERVING.
+    Health {
+        /// Service to ask about; empty means the whole daemon.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+    /// Show the daemon's engines: slots, queue and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// The prompt. With --chat it is sent as one user message.
+    prompt: String,
+    /// Model id; the daemon's default when omitted.
+    #[arg(long, short, default_value = "")]
+    model: String,
+    /// Render the prompt with the model's chat template (as a user message).
+    #[arg(long)]
+    chat: bool,
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// 0 is greedy and deterministic.
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_k: Option<i32>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long)]
+    min_p: Option<f32>,
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Stop before this string; repeat for several.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print the usage (tokens and timings) to stderr at the end.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("applctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("applctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Generate(args) => generate(&cli.conn, args).await,
+        Cmd::Models { json } => models(&cli.conn, json).await,
+        Cmd::Health { service } => health(&cli.conn, service).await,
+        Cmd::Status { json } => status(&cli.conn, json).await,
+    }
+}
+
+async fn generate(conn: &client::ConnArgs, a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let channel = conn.connect().await?;
+    let mut client = pb::inference_client::InferenceClient::new(channel);
+    let sampling = pb::SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: None,
+        seed: a.seed,
+    };
+    let mut stream = if a.chat {
+        client
+            .chat_stream(pb::ChatRequest {
+                model: a.model,
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: a.prompt,
+                }],
+                sampling: Some(sampling),
+                max_tokens: a.max_tokens,
+                stop: a.stop,
+            })
+            .await
+    } else {
+        client
+            .generate_stream(pb::GenerateRequest {
+                model: a.model,
+                prompt: a.prompt,
+                sampling: Some(sampling),
+                max_tokens: a.max_tokens,
+                stop: a.stop,
+            })
+            .await
+    }
+    .map_err(client::status_error)?
+    .into_inner();
+
+    let mut stdout = std::io::stdout().lock();
+    let mut last = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(client::status_error)?;
+        stdout.write_all(chunk.text.as_bytes())?;
+        stdout.flush()?;
+        if chunk.finish_reason != 0 {
+            last = Some(chunk);
+        }
+    }
+    writeln!(stdout)?;
+    let Some(last) = last else {
+        anyhow::bail!("the stream ended without a final message");
+    };
+    let reason =
+        pb::FinishReason::try_from(last.finish_reason).map_or("unknown", |r| r.as_str_name());
+    if a.verbose {
+        if let Some(u) = last.usage {
+            eprintln!(
+                "finish={reason} prompt_tokens={} completion_tokens={} ttft_ms={:.1} decode_ms={:.1} tok/s={:.1}",
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.time_to_first_token_ms,
+                u.decode_ms,
+                if u.decode_ms > 0.0 {
+                    f64::from(u.completion_tokens.saturating_sub(1)) / (u.decode_ms / 1e3)
+                } else {
+                    0.0
+                }
+            );
+        }
+    }
+    Ok(if last.finish_reason == pb::FinishReason::Error as i32 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn models(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let channel = conn.connect().await?;
+    let mut client = pb::inference_client::InferenceClient::new(channel);
+    let models = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .map_err(client::status_error)?
+        .into_inner()
+        .models;
+    if json {
+        let v: Vec<_> = models
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id, "path": m.path, "slots": m.slots, "ctx_per_slot": m.ctx_per_slot,
+                    "n_ctx_train": m.n_ctx_train, "n_params": m.n_params, "size_bytes": m.size_bytes,
+                    "chat_template": m.chat_template, "max_tokens_cap": m.max_tokens_cap,
+                    "default": m.is_default,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{:<24} {:>6} {:>8} {:>10} {:>9}  {:<10} PATH",
+            "ID", "SLOTS", "CTX/SLOT", "PARAMS", "SIZE_MB", "TEMPLATE"
+        );
+        for m in models {
+            println!(
+                "{:<24} {:>6} {:>8} {:>10} {:>9.1}  {:<10} {}{}",
+                m.id,
+                m.slots,
+                m.ctx_per_slot,
+                m.n_params,
+                m.size_bytes as f64 / 1e6,
+                m.chat_template,
+                m.path,
+                if m.is_default { "  (default)" } else { "" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn health(conn: &client::ConnArgs, service: String) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = conn.connect().await?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.clone(),
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner()
+        .status;
+    let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let channel = conn.connect().await?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(client::status_error)
+        .context("Admin.Status")?
+        .into_inner();
+    if json {
+        let engines: Vec<_> = s
+            .engines
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "model": e.model, "slots": e.slots, "busy_slots": e.busy_slots,
+                    "queued": e.queued, "steps": e.steps,
+                    "max_batch_sequences": e.max_batch_sequences,
+                    "tokens_generated": e.tokens_generated,
+                    "tokens_prefilled": e.tokens_prefilled,
+                    "requests_completed": e.requests_completed,
+                })
+            })
+            .collect();
+        let v =
+            serde_json::json!({"version": s.version, "uptime_s": s.uptime_s, "engines": engines});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("appld {} up {:.0}s", s.version, s.uptime_s);
+        println!(
+            "{:<24} {:>5} {:>6} {:>6} {:>9} {:>9} {:>11} {:>11} {:>9}",
+            "MODEL",
+            "SLOTS",
+            "BUSY",
+            "QUEUED",
+            "STEPS",
+            "MAX_BATCH",
+            "GENERATED",
+            "PREFILLED",
+            "REQUESTS"
+        );
+        for e in s.engines {
+            println!(
+                "{:<24} {:>5} {:>6} {:>6} {:>9} {:>9} {:>11} {:>11} {:>9}",
+                e.model,
+                e.slots,
+                e.busy_slots,
+                e.queued,
+                e.steps,
+                e.max_batch_sequences,
+                e.tokens_generated,
+                e.tokens_prefilled,
+                e.requests_completed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

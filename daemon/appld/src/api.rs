@@ -1,0 +1,695 @@
+//! The gRPC layer: converts `appl.v1` messages to engine jobs and engine events back to
+//! messages. This is the only module of the daemon that sees wire types.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use appl_engine::{
+    ChatMessage, EngineError, EngineHandle, Event, FinishReason, Job, Sampling, Usage,
+};
+use appl_proto::v1 as pb;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::config::LimitsConfig;
+
+/// Shared state of the gRPC services.
+#[derive(Debug)]
+pub struct AppState {
+    pub engines: BTreeMap<String, EngineHandle>,
+    pub default_model: String,
+    pub limits: LimitsConfig,
+    pub chat_templates: BTreeMap<String, String>,
+    pub started: Instant,
+    request_counter: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        engines: BTreeMap<String, EngineHandle>,
+        default_model: String,
+        limits: LimitsConfig,
+        chat_templates: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            engines,
+            default_model,
+            limits,
+            chat_templates,
+            started: Instant::now(),
+            request_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn engine(&self, model: &str) -> Result<&EngineHandle, Status> {
+        let id = if model.is_empty() {
+            self.default_model.as_str()
+        } else {
+            model
+        };
+        self.engines.get(id).ok_or_else(|| {
+            let known: Vec<&str> = self.engines.keys().map(String::as_str).collect();
+            Status::not_found(format!(
+                "unknown model {id:?}; this daemon serves: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// A request id unique within this daemon's lifetime and across restarts.
+    fn request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since = self.started.elapsed().as_nanos() as u64;
+        format!("{boot:x}-{since:x}-{n}")
+    }
+}
+
+/// Both services share one state.
+#[derive(Debug, Clone)]
+pub struct Api {
+    state: Arc<AppState>,
+}
+
+impl Api {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// A validated generation request, before it is handed to an engine.
+struct Prepared {
+    engine: EngineHandle,
+    prompt: Vec<i32>,
+    sampling: Sampling,
+    max_tokens: u32,
+    stop: Vec<String>,
+    deadline: Option<Instant>,
+    request_id: String,
+    received: Instant,
+    method: &'static str,
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg)
+}
+
+fn sampling_from(p: Option<pb::SamplingParams>) -> Result<Sampling, Status> {
+    let d = Sampling::default();
+    let p = p.unwrap_or_default();
+    let s = Sampling {
+        temperature: p.temperature.unwrap_or(d.temperature),
+        top_k: p.top_k.unwrap_or(d.top_k),
+        top_p: p.top_p.unwrap_or(d.top_p),
+        min_p: p.min_p.unwrap_or(d.min_p),
+        repeat_penalty: p.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: p.repeat_last_n.unwrap_or(d.repeat_last_n),
+        seed: p.seed.unwrap_or_else(fresh_seed),
+    };
+    if !s.temperature.is_finite() || s.temperature < 0.0 {
+        return Err(invalid(format!(
+            "sampling.temperature is {}; it must be 0 (greedy) or more",
+            s.temperature
+        )));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(invalid(format!(
+            "sampling.top_p is {}; it must be in (0, 1]",
+            s.top_p
+        )));
+    }
+    if !(0.0..=1.0).contains(&s.min_p) {
+        return Err(invalid(format!(
+            "sampling.min_p is {}; it must be in [0, 1]",
+            s.min_p
+        )));
+    }
+    if s.top_k < 0 {
+        return Err(invalid(format!(
+            "sampling.top_k is {}; it must be 0 (off) or more",
+            s.top_k
+        )));
+    }
+    if !(s.repeat_penalty.is_finite() && s.repeat_penalty > 0.0) {
+        return Err(invalid(format!(
+            "sampling.repeat_penalty is {}; it must be more than 0 (1 is off)",
+            s.repeat_penalty
+        )));
+    }
+    if s.repeat_last_n < 0 {
+        return Err(invalid(format!(
+            "sampling.repeat_last_n is {}; it must be 0 or more",
+            s.repeat_last_n
+        )));
+    }
+    Ok(s)
+}
+
+fn fresh_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// The deadline a client set with `grpc-timeout`, as an instant.
+fn deadline_of<T>(req: &Request<T>, received: Instant) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    received.checked_add(d)
+}
+
+impl Api {
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        method: &'static str,
+        model: &str,
+        prompt_text: &str,
+        sampling: Option<pb::SamplingParams>,
+        max_tokens: Option<u32>,
+        stop: Vec<String>,
+        deadline: Option<Instant>,
+        received: Instant,
+    ) -> Result<Prepared, Status> {
+        let st = &self.state;
+        let engine = st.engine(model)?.clone();
+        let limits = &st.limits;
+        if prompt_text.len() > limits.max_prompt_bytes {
+            return Err(invalid(format!(
+                "the prompt is {} bytes; this daemon accepts at most {} (limits.max_prompt_bytes)",
+                prompt_text.len(),
+                limits.max_prompt_bytes
+            )));
+        }
+        let sampling = sampling_from(sampling)?;
+        let max_tokens = max_tokens.unwrap_or(limits.default_max_tokens);
+        if max_tokens == 0 {
+            return Err(invalid("max_tokens is 0; ask for at least 1 token"));
+        }
+        if max_tokens > limits.max_tokens_cap {
+            return Err(invalid(format!(
+                "max_tokens is {max_tokens}; this daemon allows at most {} (limits.max_tokens_cap)",
+                limits.max_tokens_cap
+            )));
+        }
+        if stop.len() > limits.max_stop_sequences {
+            return Err(invalid(format!(
+                "{} stop sequences given; at most {} are allowed",
+                stop.len(),
+                limits.max_stop_sequences
+            )));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > 256) {
+            return Err(invalid(format!(
+                "a stop sequence is {} bytes; at most 256 are allowed",
+                long.len()
+            )));
+        }
+        let prompt = engine.tokenize(prompt_text);
+        let ctx = engine.spec().ctx_per_slot as usize;
+        if prompt.len() >= ctx {
+            return Err(invalid(format!(
+                "the prompt is {} tokens, but a slot's context for model {} is {ctx} tokens (prompt plus completion); shorten the prompt",
+                prompt.len(),
+                engine.spec().id
+            )));
+        }
+        Ok(Prepared {
+            engine,
+            prompt,
+            sampling,
+            max_tokens,
+            stop,
+            deadline,
+            request_id: st.request_id(),
+            received,
+            method,
+        })
+    }
+
+    fn prepare_generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+        method: &'static str,
+    ) -> Result<Prepared, Status> {
+        let received = Instant::now();
+        let deadline = deadline_of(&req, received);
+        let r = req.into_inner();
+        if r.prompt.is_empty() {
+            return Err(invalid("prompt is empty; send the text to continue"));
+        }
+        self.prepare(
+            method,
+            &r.model,
+            &r.prompt,
+            r.sampling,
+            r.max_tokens,
+            r.stop,
+            deadline,
+            received,
+        )
+    }
+
+    fn prepare_chat(
+        &self,
+        req: Request<pb::ChatRequest>,
+        method: &'static str,
+    ) -> Result<Prepared, Status> {
+        let received = Instant::now();
+        let deadline = deadline_of(&req, received);
+        let r = req.into_inner();
+        let prompt = self.render(&r.model, &r.messages)?;
+        self.prepare(
+            method,
+            &r.model,
+            &prompt,
+            r.sampling,
+            r.max_tokens,
+            r.stop,
+            deadline,
+            received,
+        )
+    }
+
+    fn render(&self, model: &str, messages: &[pb::ChatMessage]) -> Result<String, Status> {
+        let engine = self.state.engine(model)?;
+        if messages.is_empty() {
+            return Err(invalid("messages is empty; send at least one user message"));
+        }
+        for (i, m) in messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                return Err(invalid(format!(
+                    "messages[{i}].role is {:?}; use system, user or assistant",
+                    m.role
+                )));
+            }
+        }
+        let msgs: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        engine.render_chat(&msgs).map_err(|e| match e {
+            EngineError::ChatTemplate(m) => Status::failed_precondition(m),
+            other => Status::internal(other.to_string()),
+        })
+    }
+
+    /// Submits the job and returns the receiving end of its events.
+    fn submit(&self, p: &Prepared) -> Result<mpsc::UnboundedReceiver<Event>, Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            request_id: p.request_id.clone(),
+            prompt: p.prompt.clone(),
+            sampling: p.sampling.clone(),
+            max_tokens: p.max_tokens,
+            stop: p.stop.clone(),
+            deadline: p.deadline,
+            received: p.received,
+            events: tx,
+        };
+        p.engine.submit(job).map_err(|e| match e {
+            EngineError::QueueFull { .. } => {
+                let mut s = Status::resource_exhausted(e.to_string());
+                s.metadata_mut()
+                    .insert("retry-after-ms", tonic::metadata::MetadataValue::from(1000));
+                s
+            }
+            other => Status::unavailable(other.to_string()),
+        })?;
+        Ok(rx)
+    }
+
+    async fn unary(&self, p: Prepared) -> Result<Response<pb::GenerateResponse>, Status> {
+        let mut rx = self.submit(&p)?;
+        let mut text = String::new();
+        let mut ids = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Tokens { text: t, token_ids } => {
+                    text.push_str(&t);
+                    ids.extend(token_ids);
+                }
+                Event::Done {
+                    reason,
+                    usage,
+                    error,
+                } => {
+                    log_done(&p, reason, &usage);
+                    return match reason {
+                        FinishReason::Error => Err(Status::internal(
+                            error.unwrap_or_else(|| "generation failed".to_owned()),
+                        )),
+                        FinishReason::Deadline => Err(Status::deadline_exceeded(format!(
+                            "the deadline passed after {} of {} tokens",
+                            usage.completion_tokens, p.max_tokens
+                        ))),
+                        _ => Ok(Response::new(pb::GenerateResponse {
+                            model: p.engine.spec().id.clone(),
+                            text,
+                            token_ids: ids,
+                            finish_reason: finish_to_pb(reason) as i32,
+                            usage: Some(usage_to_pb(&usage)),
+                            request_id: p.request_id.clone(),
+                        })),
+                    };
+                }
+            }
+        }
+        Err(Status::unavailable("the engine stopped during the request"))
+    }
+
+    fn stream(&self, p: Prepared) -> Result<ChunkStream, Status> {
+        let mut rx = self.submit(&p)?;
+        let out = async_stream(move |tx| async move {
+            while let Some(ev) = rx.recv().await {
+                let chunk = match ev {
+                    Event::Tokens { text, token_ids } => pb::GenerateChunk {
+                        text,
+                        token_ids,
+                        request_id: p.request_id.clone(),
+                        ..Default::default()
+                    },
+                    Event::Done {
+                        reason,
+                        usage,
+                        error,
+                    } => {
+                        log_done(&p, reason, &usage);
+                        if reason == FinishReason::Error {
+                            let _ = tx
+                                .send(Err(Status::internal(
+                                    error.unwrap_or_else(|| "generation failed".to_owned()),
+                                )))
+                                .await;
+                            return;
+                        }
+                        let _ = tx
+                            .send(Ok(pb::GenerateChunk {
+                                finish_reason: finish_to_pb(reason) as i32,
+                                usage: Some(usage_to_pb(&usage)),
+                                request_id: p.request_id.clone(),
+                                ..Default::default()
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The client went away; dropping `rx` tells the engine to free the slot.
+                    return;
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
+/// A stream fed by a task. When the client drops the stream, the task's sends fail and the task
+/// ends, dropping whatever it owns (here the engine event receiver).
+fn async_stream<F, Fut>(f: F) -> ChunkStream
+where
+    F: FnOnce(mpsc::Sender<Result<pb::GenerateChunk, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let fut = f(tx);
+    tokio::spawn(fut);
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn log_done(p: &Prepared, reason: FinishReason, usage: &Usage) {
+    info!(
+        target: "api",
+        request_id = %p.request_id,
+        method = p.method,
+        model = %p.engine.spec().id,
+        reason = ?reason,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        ttft_ms = usage.time_to_first_token.as_secs_f64() * 1e3,
+        decode_ms = usage.decode.as_secs_f64() * 1e3,
+        "request finished"
+    );
+}
+
+fn finish_to_pb(r: FinishReason) -> pb::FinishReason {
+    match r {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+        FinishReason::Cancelled => pb::FinishReason::Cancelled,
+        FinishReason::Deadline => pb::FinishReason::Deadline,
+        FinishReason::Error => pb::FinishReason::Error,
+    }
+}
+
+fn usage_to_pb(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        time_to_first_token_ms: u.time_to_first_token.as_secs_f64() * 1e3,
+        decode_ms: u.decode.as_secs_f64() * 1e3,
+        queue_ms: u.queue.as_secs_f64() * 1e3,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for Api {
+    async fn generate(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let p = self.prepare_generate(req, "Generate")?;
+        self.unary(p).await
+    }
+
+    type GenerateStreamStream = ChunkStream;
+
+    async fn generate_stream(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let p = self.prepare_generate(req, "GenerateStream")?;
+        Ok(Response::new(self.stream(p)?))
+    }
+
+    async fn chat(
+        &self,
+        req: Request<pb::ChatRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let p = self.prepare_chat(req, "Chat")?;
+        self.unary(p).await
+    }
+
+    type ChatStreamStream = ChunkStream;
+
+    async fn chat_stream(
+        &self,
+        req: Request<pb::ChatRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let p = self.prepare_chat(req, "ChatStream")?;
+        Ok(Response::new(self.stream(p)?))
+    }
+
+    async fn tokenize(
+        &self,
+        req: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.state.engine(&r.model)?;
+        let rendered = match r.input {
+            Some(pb::tokenize_request::Input::Prompt(p)) => p,
+            Some(pb::tokenize_request::Input::Chat(c)) => self.render(&r.model, &c.messages)?,
+            None => return Err(invalid("set either prompt or chat")),
+        };
+        if rendered.len() > self.state.limits.max_prompt_bytes {
+            return Err(invalid(format!(
+                "the input is {} bytes; this daemon accepts at most {} (limits.max_prompt_bytes)",
+                rendered.len(),
+                self.state.limits.max_prompt_bytes
+            )));
+        }
+        let token_ids = engine.tokenize(&rendered);
+        let pieces = token_ids.iter().map(|&t| engine.piece(t)).collect();
+        Ok(Response::new(pb::TokenizeResponse {
+            token_ids,
+            rendered,
+            pieces,
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let st = &self.state;
+        let models = st
+            .engines
+            .values()
+            .map(|e| {
+                let spec = e.spec();
+                let facts = e.facts();
+                pb::ModelInfo {
+                    id: spec.id.clone(),
+                    path: spec.path.display().to_string(),
+                    slots: spec.slots,
+                    ctx_per_slot: spec.ctx_per_slot,
+                    n_ctx_train: facts.n_ctx_train,
+                    n_params: facts.n_params,
+                    size_bytes: facts.size_bytes,
+                    chat_template: st.chat_templates.get(&spec.id).cloned().unwrap_or_default(),
+                    max_tokens_cap: st.limits.max_tokens_cap,
+                    is_default: spec.id == st.default_model,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Api {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let engines = self
+            .state
+            .engines
+            .values()
+            .map(|e| {
+                let s = e.stats();
+                pb::EngineStatus {
+                    model: e.spec().id.clone(),
+                    slots: e.spec().slots,
+                    busy_slots: s.busy_slots,
+                    queued: s.queued,
+                    steps: s.steps,
+                    max_batch_sequences: s.max_batch_sequences,
+                    tokens_generated: s.tokens_generated,
+                    tokens_prefilled: s.tokens_prefilled,
+                    requests_completed: s.requests_completed,
+                    tokens_prefix_reused: 0,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.state.started.elapsed().as_secs_f64(),
+            engines,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_defaults_are_valid() {
+        let s = sampling_from(None).expect("defaults are valid");
+        assert!(s.temperature > 0.0);
+    }
+
+    #[test]
+    fn bad_sampling_is_invalid_argument_naming_the_field() {
+        let cases = [
+            (
+                pb::SamplingParams {
+                    temperature: Some(-0.1),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                pb::SamplingParams {
+                    temperature: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                pb::SamplingParams {
+                    top_p: Some(1.5),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                pb::SamplingParams {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                pb::SamplingParams {
+                    min_p: Some(-1.0),
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                pb::SamplingParams {
+                    top_k: Some(-3),
+                    ..Default::default()
+                },
+                "top_k",
+            ),
+            (
+                pb::SamplingParams {
+                    repeat_penalty: Some(0.0),
+                    ..Default::default()
+                },
+                "repeat_penalty",
+            ),
+        ];
+        for (params, field) in cases {
+            let err = sampling_from(Some(params)).expect_err(field);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains(field), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_header_becomes_a_deadline() {
+        let now = Instant::now();
+        for (v, d) in [
+            ("250m", Duration::from_millis(250)),
+            ("3S", Duration::from_secs(3)),
+            ("5u", Duration::from_micros(5)),
+            ("1M", Duration::from_secs(60)),
+        ] {
+            let mut req = Request::new(());
+            req.metadata_mut()
+                .insert("grpc-timeout", v.parse().expect("ascii"));
+            assert_eq!(deadline_of(&req, now), Some(now + d), "{v}");
+        }
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert("grpc-timeout", "xyz".parse().expect("ascii"));
+        assert_eq!(deadline_of(&req, now), None);
+    }
+}

@@ -1,0 +1,367 @@
+//! The daemon's one typed configuration, read from a TOML file and validated before start.
+//!
+//! Every key is documented in `packaging/appld.toml`, the shipped default. Unknown keys are
+//! errors, so a typo is reported instead of silently ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem. Its message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// TCP address for gRPC; empty disables TCP. Port 0 picks a free port.
+    pub listen: String,
+    /// Unix socket for gRPC (local clients and applctl); empty disables it.
+    pub socket: PathBuf,
+    /// Permission bits of the Unix socket.
+    pub socket_mode: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_owned(),
+            socket: PathBuf::from("/run/appl/appld.sock"),
+            socket_mode: 0o660,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest prompt accepted, in bytes, before tokenization.
+    pub max_prompt_bytes: usize,
+    /// max_tokens when a request does not set it.
+    pub default_max_tokens: u32,
+    /// The largest max_tokens a request may ask for.
+    pub max_tokens_cap: u32,
+    /// Requests that may wait for a slot, per model; past it requests get RESOURCE_EXHAUSTED.
+    pub queue_capacity: u32,
+    /// Most stop sequences per request.
+    pub max_stop_sequences: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_prompt_bytes: 1 << 20,
+            default_max_tokens: 256,
+            max_tokens_cap: 4096,
+            queue_capacity: 64,
+            max_stop_sequences: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, such as `info,engine=debug`. RUST_LOG overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info,llama.cpp=warn,ggml=warn".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The id clients name in requests.
+    pub id: String,
+    /// Path of the GGUF file.
+    pub path: PathBuf,
+    /// Sequence slots: requests generating at once.
+    #[serde(default = "defaults::slots")]
+    pub slots: u32,
+    /// Tokens of context per slot (prompt plus completion).
+    #[serde(default = "defaults::ctx_per_slot")]
+    pub ctx_per_slot: u32,
+    /// Most tokens one engine step carries (decode tokens plus prompt chunks).
+    #[serde(default = "defaults::batch_tokens")]
+    pub batch_tokens: u32,
+    /// llama.cpp threads; 0 means the number of physical cores.
+    #[serde(default)]
+    pub threads: u32,
+    /// Layers offloaded to the GPU; 0 on CPU builds.
+    #[serde(default)]
+    pub gpu_layers: u32,
+    /// `embedded` (the GGUF's own), a llama.cpp built-in name such as `gemma`, or a file path.
+    #[serde(default = "defaults::chat_template")]
+    pub chat_template: String,
+    /// Serve requests that name no model with this one. The first model is the default if
+    /// none says so.
+    #[serde(default)]
+    pub default: bool,
+}
+
+mod defaults {
+    pub fn slots() -> u32 {
+        4
+    }
+    pub fn ctx_per_slot() -> u32 {
+        2048
+    }
+    pub fn batch_tokens() -> u32 {
+        512
+    }
+    pub fn chat_template() -> String {
+        "embedded".to_owned()
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages and to resolve
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Relative model and template paths are relative to the config file's folder.
+    fn resolve_paths(&mut self, base: &Path) {
+        for m in &mut self.models {
+            if m.path.is_relative() {
+                m.path = base.join(&m.path);
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason: reason.to_owned(),
+        };
+        let s = &self.server;
+        if s.listen.is_empty() && s.socket.as_os_str().is_empty() {
+            return Err(invalid(
+                "server.listen".into(),
+                "and `server.socket` are both empty; enable at least one",
+            ));
+        }
+        if !s.listen.is_empty() && s.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.listen".into(),
+                "must be an IP address and port, such as \"127.0.0.1:50051\"",
+            ));
+        }
+        if s.socket_mode > 0o777 {
+            return Err(invalid(
+                "server.socket_mode".into(),
+                "must be permission bits, such as 0o660",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_tokens_cap == 0 {
+            return Err(invalid(
+                "limits.max_tokens_cap".into(),
+                "must be at least 1",
+            ));
+        }
+        if l.default_max_tokens == 0 || l.default_max_tokens > l.max_tokens_cap {
+            return Err(invalid(
+                "limits.default_max_tokens".into(),
+                "must be between 1 and `limits.max_tokens_cap`",
+            ));
+        }
+        if l.max_prompt_bytes == 0 {
+            return Err(invalid(
+                "limits.max_prompt_bytes".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(invalid(
+                "models".into(),
+                "is empty; add a [[models]] table with `id` and `path`",
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |k: &str| format!("models[{i}].{k}");
+            if m.id.is_empty() || m.id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(key("id"), "must be non-empty, without whitespace"));
+            }
+            if !ids.insert(&m.id) {
+                return Err(invalid(key("id"), "repeats another model's id"));
+            }
+            if m.slots == 0 || m.slots > 256 {
+                return Err(invalid(key("slots"), "must be between 1 and 256"));
+            }
+            if m.ctx_per_slot < 16 {
+                return Err(invalid(key("ctx_per_slot"), "must be at least 16 tokens"));
+            }
+            if m.slots
+                .checked_mul(m.ctx_per_slot)
+                .is_none_or(|n| n > 1 << 24)
+            {
+                return Err(invalid(
+                    key("ctx_per_slot"),
+                    "times `slots` exceeds 16M tokens of KV cache",
+                ));
+            }
+            if m.batch_tokens < m.slots {
+                return Err(invalid(
+                    key("batch_tokens"),
+                    "must be at least `slots`, so every slot can decode in each step",
+                ));
+            }
+            if m.chat_template.is_empty() {
+                return Err(invalid(
+                    key("chat_template"),
+                    "is empty; use \"embedded\", a built-in name such as \"gemma\", or a file path",
+                ));
+            }
+        }
+        if self.models.iter().filter(|m| m.default).count() > 1 {
+            return Err(invalid(
+                "models[].default".into(),
+                "is true for more than one model",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The id of the model that serves requests naming none.
+    pub fn default_model(&self) -> Option<&str> {
+        self.models
+            .iter()
+            .find(|m| m.default)
+            .or(self.models.first())
+            .map(|m| m.id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[models]]
+id = "demo"
+path = "/models/demo.gguf"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/appl/appld.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert_eq!(c.models[0].slots, 4);
+        assert_eq!(c.models[0].chat_template, "embedded");
+        assert_eq!(c.default_model(), Some("demo"));
+    }
+
+    #[test]
+    fn relative_model_path_is_relative_to_the_config_file() {
+        let c = parse("[[models]]\nid = \"m\"\npath = \"m.gguf\"\n").expect("valid");
+        assert_eq!(c.models[0].path, Path::new("/etc/appl/m.gguf"));
+    }
+
+    /// Each bad config must be refused, and the message must name the offending key.
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            ("[server]\nlisen = \"x\"\n", "lisen"),
+            (
+                "[server]\nlisten = \"nonsense\"\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "server.listen",
+            ),
+            (
+                "[[models]]\nid = \"a\"\npath = \"a\"\nslots = 0\n",
+                "models[0].slots",
+            ),
+            (
+                "[[models]]\nid = \"a\"\npath = \"a\"\nslots = \"four\"\n",
+                "slots",
+            ),
+            (
+                "[[models]]\nid = \"a\"\npath = \"a\"\n[[models]]\nid = \"a\"\npath = \"b\"\n",
+                "models[1].id",
+            ),
+            (
+                "[[models]]\nid = \"a\"\npath = \"a\"\nbatch_tokens = 2\nslots = 4\n",
+                "models[0].batch_tokens",
+            ),
+            (
+                "[limits]\ndefault_max_tokens = 9000\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "limits.default_max_tokens",
+            ),
+            ("", "models"),
+            ("[[models]]\nid = \"a\"\n", "path"),
+            ("this is not toml", "line 1"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(
+                err.contains(key),
+                "error for {text:?} should name {key:?}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `appld` binary: flags, config, logging, sockets; everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use appld::config::{Config, LogFormat};
+use appld::{Listeners, StartupError};
+use clap::Parser;
+use tracing::error;
+
+/// appl daemon: serves quantized GGUF models over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "APPLD_CONFIG",
+        default_value = "/etc/appl/appld.toml"
+    )]
+    config: PathBuf,
+    /// Validate the config and exit: 0 when valid, 78 when not.
+    #[arg(long)]
+    check_config: bool,
+    /// Log format; overrides `log.format` in the config.
+    #[arg(long, env = "APPLD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("appld: {e}");
+            return ExitCode::from(StartupError::from(e).exit_code());
+        }
+    };
+    if args.check_config {
+        println!("appld: config {} is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(
+        args.log_format.unwrap_or(config.log.format),
+        &config.log.filter,
+    );
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<StartupError>()
+                .map_or(1, StartupError::exit_code);
+            error!("{e:#}");
+            eprintln!("appld: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("appld-rt")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        let engines = tokio::task::block_in_place(|| appld::load_models(&config))?;
+        appld::serve(&config, engines, listeners, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the daemon still runs; systemd's SIGKILL stops it.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

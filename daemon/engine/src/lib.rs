@@ -1,0 +1,391 @@
+//! The appl inference engine.
+//!
+//! One engine per loaded model. Each engine is a dedicated OS thread that owns the llama.cpp
+//! context (which is not `Send`-safe to share) and a fixed set of sequence slots. It runs
+//! continuous batching: every step builds one `llama_batch` that holds one token for each slot
+//! that is generating plus chunks of new prompts being prefilled, up to a per-step token budget.
+//! New requests join between steps; a finished, cancelled or expired request frees its slot at the
+//! end of the step in which that is noticed.
+//!
+//! The async world talks to an engine only through channels: [`EngineHandle::submit`] sends a
+//! [`Job`], and the job's [`Event`] channel carries text and the final [`Usage`] back. The engine
+//! never blocks on the network. Tokenization and chat-template rendering need only the model, not
+//! the context, so they run on the caller's thread through the shared model.
+//!
+//! Nothing here knows the wire format, and nothing here logs prompt or completion text.
+
+mod text;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+
+pub use text::{Pushed, TextStreamer};
+
+/// Errors from loading a model or preparing a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file {path}: {reason}")]
+    ModelFile { path: PathBuf, reason: String },
+    #[error("llama.cpp could not load {path} as a model; the file is not a complete, valid GGUF model (see the llama.cpp log lines before this one)")]
+    ModelLoad { path: PathBuf },
+    #[error("llama.cpp could not create a context for {path} with {n_ctx} tokens of KV cache; lower `slots` or `ctx_per_slot`")]
+    Context { path: PathBuf, n_ctx: u32 },
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    #[error("the engine thread for model {0} has stopped")]
+    Stopped(String),
+    #[error("model {model}: the request queue is full ({capacity} waiting); retry later")]
+    QueueFull { model: String, capacity: u32 },
+}
+
+/// Where the chat template comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTemplateSpec {
+    /// The template embedded in the GGUF file (`tokenizer.chat_template`).
+    Embedded,
+    /// One of llama.cpp's built-in templates by name, such as `gemma` or `chatml`.
+    Named(String),
+    /// A template read from a file. llama.cpp recognises the common Jinja templates by content.
+    File(PathBuf),
+}
+
+/// Everything needed to load one model and run its engine.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub id: String,
+    pub path: PathBuf,
+    /// Sequence slots: how many requests generate at once.
+    pub slots: u32,
+    /// Context of one slot, in tokens (prompt plus completion).
+    pub ctx_per_slot: u32,
+    /// Most tokens one engine step may carry (decode tokens plus prefill chunks).
+    pub batch_tokens: u32,
+    /// CPU threads for llama.cpp.
+    pub threads: u32,
+    /// Layers to offload to a GPU (0 on a CPU build).
+    pub gpu_layers: u32,
+    pub chat_template: ChatTemplateSpec,
+    /// Requests that may wait for a slot before new ones are refused.
+    pub queue_capacity: u32,
+}
+
+/// Sampling settings, already validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub seed: u32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Cancelled,
+    Deadline,
+    Error,
+}
+
+/// Token counts and timings of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub time_to_first_token: Duration,
+    pub decode: Duration,
+    pub queue: Duration,
+}
+
+/// What an engine sends back for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text and the ids of the tokens it came from. Either may be empty: text can be held
+    /// back while it may still begin a stop sequence or a UTF-8 character.
+    Tokens { text: String, token_ids: Vec<i32> },
+    /// The last event of a job.
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+        /// Set when `reason` is [`FinishReason::Error`]; never contains request text.
+        error: Option<String>,
+    },
+}
+
+/// One generation request, tokenized and validated.
+#[derive(Debug)]
+pub struct Job {
+    /// For logs only.
+    pub request_id: String,
+    pub prompt: Vec<i32>,
+    pub sampling: Sampling,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub deadline: Option<Instant>,
+    /// When the daemon received the request; the base of time-to-first-token.
+    pub received: Instant,
+    pub events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+/// Counters an engine keeps, readable from any thread.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub steps: AtomicU64,
+    pub max_batch_sequences: AtomicU32,
+    pub busy_slots: AtomicU32,
+    pub queued: AtomicU32,
+    pub tokens_generated: AtomicU64,
+    pub tokens_prefilled: AtomicU64,
+    pub requests_completed: AtomicU64,
+}
+
+/// A point-in-time copy of [`EngineStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub steps: u64,
+    pub max_batch_sequences: u32,
+    pub busy_slots: u32,
+    pub queued: u32,
+    pub tokens_generated: u64,
+    pub tokens_prefilled: u64,
+    pub requests_completed: u64,
+}
+
+impl EngineStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            steps: self.steps.load(Ordering::Relaxed),
+            max_batch_sequences: self.max_batch_sequences.load(Ordering::Relaxed),
+            busy_slots: self.busy_slots.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
+            tokens_prefilled: self.tokens_prefilled.load(Ordering::Relaxed),
+            requests_completed: self.requests_completed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Facts about a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    pub n_ctx_train: u32,
+    pub n_params: u64,
+    pub size_bytes: u64,
+    pub n_vocab: i32,
+}
+
+/// A chat message for template rendering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: ModelSpec,
+    model: Arc<LlamaModel>,
+    template: Option<LlamaChatTemplate>,
+    facts: ModelFacts,
+    tx: mpsc::Sender<Job>,
+    stats: Arc<EngineStats>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("model", &self.inner.spec.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide llama.cpp backend. llama.cpp may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Backend(e.clone()))
+}
+
+impl EngineHandle {
+    /// Loads the model, creates its context and starts the engine thread. Returns once the model
+    /// is ready to serve, or with an error that names the file.
+    pub fn start(spec: ModelSpec) -> Result<Self, EngineError> {
+        worker::check_gguf_file(&spec.path)?;
+        let backend = backend()?;
+        let model = worker::load_model(backend, &spec)?;
+        let template = worker::load_template(&model, &spec.chat_template)?;
+        let facts = ModelFacts {
+            n_ctx_train: model.n_ctx_train(),
+            n_params: model.n_params(),
+            size_bytes: model.size(),
+            n_vocab: model.n_vocab(),
+        };
+        let model = Arc::new(model);
+        let stats = Arc::new(EngineStats::default());
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        {
+            let model = Arc::clone(&model);
+            let stats = Arc::clone(&stats);
+            let spec = spec.clone();
+            std::thread::Builder::new()
+                .name(format!("engine-{}", spec.id))
+                .spawn(move || worker::run(backend, &model, &spec, &rx, &stats, &ready_tx))
+                .map_err(|e| EngineError::Backend(format!("spawning the engine thread: {e}")))?;
+        }
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(EngineError::Stopped(spec.id)),
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                spec,
+                model,
+                template,
+                facts,
+                tx,
+                stats,
+            }),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.inner.spec
+    }
+
+    pub fn facts(&self) -> &ModelFacts {
+        &self.inner.facts
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Tokenizes text as generation does: with the model's BOS token, and with special-token
+    /// text (such as `<start_of_turn>`) parsed into special tokens.
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        self.inner
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), true, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// The text of one token, with special tokens rendered.
+    pub fn piece(&self, token: i32) -> String {
+        let bytes = self
+            .inner
+            .model
+            .vocab()
+            .token_to_piece(LlamaToken(token), true, None);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Renders chat messages with the configured template, ending with the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let template = self.inner.template.as_ref().ok_or_else(|| {
+            EngineError::ChatTemplate(format!(
+                "model {} has no chat template; set `chat_template` for it in the config",
+                self.inner.spec.id
+            ))
+        })?;
+        let messages = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                EngineError::ChatTemplate("a message contains a NUL character".to_owned())
+            })?;
+        self.inner
+            .model
+            .apply_chat_template(template, &messages, true)
+            .map_err(|e| EngineError::ChatTemplate(format!("rendering failed: {e}")))
+    }
+
+    /// Hands a job to the engine. Fails at once when the queue is full or the engine is gone.
+    pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let queued = &self.inner.stats.queued;
+        let capacity = self.inner.spec.queue_capacity;
+        // Reserve a queue place first, so that the bound holds under concurrent submits.
+        if queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < capacity).then_some(q + 1)
+            })
+            .is_err()
+        {
+            return Err(EngineError::QueueFull {
+                model: self.inner.spec.id.clone(),
+                capacity,
+            });
+        }
+        self.inner.tx.send(job).map_err(|_| {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            EngineError::Stopped(self.inner.spec.id.clone())
+        })
+    }
+}
+
+/// Physical CPU cores, the default thread count: llama.cpp's decode is memory-bound, and SMT
+/// siblings or oversubscription slow it down.
+pub fn physical_cores() -> u32 {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut physical = None;
+    for line in cpuinfo.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => physical = Some(v.to_owned()),
+            (Some("core id"), Some(v)) => {
+                cores.insert((physical.clone(), v.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    match u32::try_from(cores.len()) {
+        Ok(n) if n > 0 => n.min(logical),
+        _ => logical,
+    }
+}

@@ -1,0 +1,234 @@
+//! Starts the real `appld` binary on port 0 and a temporary Unix socket, with the real demo
+//! model, and connects to it as a client would.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use appl_proto::v1 as pb;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const APPLD: &str = env!("CARGO_BIN_EXE_appld");
+
+/// The demo model. CI fetches it with scripts/fetch-model.sh; `APPL_TEST_MODEL` overrides.
+pub fn model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("APPL_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+        });
+    let p = cache.join("appl/models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        p.exists(),
+        "the demo model is missing at {}; run scripts/fetch-model.sh first (or set APPL_TEST_MODEL)",
+        p.display()
+    );
+    p
+}
+
+/// Model settings for a test daemon.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub slots: u32,
+    pub ctx_per_slot: u32,
+    pub max_tokens_cap: u32,
+    pub queue_capacity: u32,
+    pub model_path: PathBuf,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            slots: 4,
+            ctx_per_slot: 512,
+            max_tokens_cap: 512,
+            queue_capacity: 64,
+            model_path: model_path(),
+        }
+    }
+}
+
+/// The config text for a test daemon in `dir`.
+pub fn config_text(dir: &Path, o: &Opts) -> String {
+    // One llama.cpp thread per daemon: tests run two at a time on small CI machines, and
+    // oversubscribed OpenMP threads spin instead of working.
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+socket = "{socket}"
+
+[limits]
+max_tokens_cap = {cap}
+default_max_tokens = 32
+queue_capacity = {queue}
+
+[log]
+format = "json"
+
+[[models]]
+id = "gemma-3-270m"
+path = "{model}"
+slots = {slots}
+ctx_per_slot = {ctx}
+batch_tokens = 256
+threads = 1
+chat_template = "gemma"
+"#,
+        socket = dir.join("appld.sock").display(),
+        cap = o.max_tokens_cap,
+        queue = o.queue_capacity,
+        model = o.model_path.display(),
+        slots = o.slots,
+        ctx = o.ctx_per_slot,
+    )
+}
+
+/// A running daemon; killed when dropped.
+pub struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub tcp: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(Opts::default())
+    }
+
+    pub fn start_with(o: Opts) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("appld.toml");
+        std::fs::write(&config, config_text(dir.path(), &o)).expect("write config");
+        let mut child = Command::new(APPLD)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,llama.cpp=warn,ggml=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn appld");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["message"] == "ready" {
+                            let _ = ready_tx.send(v["tcp"].as_str().unwrap_or_default().to_owned());
+                        }
+                    }
+                    logs.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let tcp = match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr.parse().expect("ready line has a tcp address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "appld did not become ready (exit status {status:?}); its log:\n{}",
+                    logs.lock().expect("log lock").join("\n")
+                );
+            }
+        };
+        Daemon {
+            child,
+            socket: dir.path().join("appld.sock"),
+            _dir: dir,
+            tcp,
+            logs,
+        }
+    }
+
+    /// A channel over the daemon's Unix socket.
+    pub async fn channel(&self) -> Channel {
+        let path = self.socket.clone();
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect over the unix socket")
+    }
+
+    /// A channel over TCP.
+    pub async fn tcp_channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.tcp))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect over tcp")
+    }
+
+    pub async fn inference(&self) -> pb::inference_client::InferenceClient<Channel> {
+        pb::inference_client::InferenceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel().await)
+    }
+
+    /// The engine status of the (only) model.
+    pub async fn engine_status(&self) -> pb::EngineStatus {
+        self.admin()
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("Admin.Status")
+            .into_inner()
+            .engines
+            .remove(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A greedy request for the demo model.
+pub fn greedy(prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: "gemma-3-270m".into(),
+        prompt: prompt.into(),
+        sampling: Some(pb::SamplingParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+    }
+}
+
+/// Runs appld with a config and returns its exit code and stderr.
+pub fn run_appld(args: &[&str]) -> (i32, String) {
+    let out = Command::new(APPLD).args(args).output().expect("run appld");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `appld` binary, the real demo model, a real gRPC client.
+//!
+//! Each test starts its own daemon on port 0 and a temporary Unix socket, so tests run in
+//! parallel and leave nothing behind.
+
+mod bad_input;
+mod batching;
+mod generate;
+mod harness;
+mod startup;
