@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 MODEL=$(scripts/fetch-model.sh)
-cargo build --workspace --locked
+cargo build --workspace --all-targets --locked
 
 if [[ $(id -u) -eq 0 ]]; then
   SOCKET=/run/appl/appld.sock

@@ -3,7 +3,10 @@
 //! It talks to `appld` over the local Unix socket by default, or over TCP with `--addr`. Read
 //! commands accept `--json`. Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod audit;
+mod check;
 mod client;
+mod plan;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -41,6 +44,16 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Check this machine (or a recorded --inventory) against the sizing rules. Works without
+    /// the daemon. Exit 0 when it passes, 1 when it fails.
+    Check(check::CheckArgs),
+    /// Compare API spend with self-hosting for a planned volume.
+    Plan(plan::PlanArgs),
+    /// Export, verify and tail the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
     },
 }
 
@@ -104,6 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Models { json } => models(&cli.conn, json).await,
         Cmd::Health { service } => health(&cli.conn, service).await,
         Cmd::Status { json } => status(&cli.conn, json).await,
+        Cmd::Check(args) => check::run(&args),
+        Cmd::Plan(args) => plan::run(&args),
+        Cmd::Audit { cmd } => audit::run(&cmd),
     }
 }
 
