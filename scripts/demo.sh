@@ -20,6 +20,9 @@ cat > target/demo/appld.toml <<TOML
 listen = "127.0.0.1:50051"
 socket = "$SOCKET"
 
+[audit]
+dir = "$PWD/target/demo/audit"
+
 [[models]]
 id = "gemma-3-270m"
 path = "$MODEL"
