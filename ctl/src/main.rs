@@ -88,6 +88,12 @@ struct GenerateArgs {
     /// Print the usage (tokens and timings) to stderr at the end.
     #[arg(long, short)]
     verbose: bool,
+    /// Service class; the tenant's default when omitted.
+    #[arg(long, value_parser = ["interactive", "batch"])]
+    priority: Option<String>,
+    /// The tenant the request belongs to (sent as `x-appl-tenant` metadata).
+    #[arg(long, env = "APPL_TENANT")]
+    tenant: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -135,28 +141,41 @@ async fn generate(conn: &client::ConnArgs, a: GenerateArgs) -> anyhow::Result<Ex
         repeat_last_n: None,
         seed: a.seed,
     };
+    let priority = match a.priority.as_deref() {
+        Some("interactive") => pb::Priority::Interactive,
+        Some("batch") => pb::Priority::Batch,
+        _ => pb::Priority::Unspecified,
+    } as i32;
     let mut stream = if a.chat {
         client
-            .chat_stream(pb::ChatRequest {
-                model: a.model,
-                messages: vec![pb::ChatMessage {
-                    role: "user".into(),
-                    content: a.prompt,
-                }],
-                sampling: Some(sampling),
-                max_tokens: a.max_tokens,
-                stop: a.stop,
-            })
+            .chat_stream(with_tenant(
+                a.tenant.as_deref(),
+                pb::ChatRequest {
+                    model: a.model,
+                    messages: vec![pb::ChatMessage {
+                        role: "user".into(),
+                        content: a.prompt,
+                    }],
+                    sampling: Some(sampling),
+                    max_tokens: a.max_tokens,
+                    stop: a.stop.clone(),
+                    priority,
+                },
+            )?)
             .await
     } else {
         client
-            .generate_stream(pb::GenerateRequest {
-                model: a.model,
-                prompt: a.prompt,
-                sampling: Some(sampling),
-                max_tokens: a.max_tokens,
-                stop: a.stop,
-            })
+            .generate_stream(with_tenant(
+                a.tenant.as_deref(),
+                pb::GenerateRequest {
+                    model: a.model,
+                    prompt: a.prompt,
+                    sampling: Some(sampling),
+                    max_tokens: a.max_tokens,
+                    stop: a.stop.clone(),
+                    priority,
+                },
+            )?)
             .await
     }
     .map_err(client::status_error)?
@@ -287,14 +306,55 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
                     "tokens_generated": e.tokens_generated,
                     "tokens_prefilled": e.tokens_prefilled,
                     "requests_completed": e.requests_completed,
+                    "queued_interactive": e.queued_interactive,
+                    "queued_batch": e.queued_batch,
+                    "paused": e.paused,
+                    "preemptions": e.preemptions,
+                    "tokens_prefix_reused": e.tokens_prefix_reused,
+                    "rejected_queue_full": e.rejected_queue_full,
+                    "expired_in_queue": e.expired_in_queue,
+                    "time_to_first_token": histogram_json(e.time_to_first_token.as_ref()),
+                    "inter_token": histogram_json(e.inter_token.as_ref()),
+                    "batch_sequences": histogram_json(e.batch_sequences.as_ref()),
                 })
             })
             .collect();
-        let v =
-            serde_json::json!({"version": s.version, "uptime_s": s.uptime_s, "engines": engines});
+        let tenants: Vec<_> = s
+            .tenants
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name, "weight": t.weight, "max_concurrent": t.max_concurrent,
+                    "tokens_per_minute": t.tokens_per_minute,
+                    "default_priority": priority_name(t.default_priority),
+                    "in_flight": t.in_flight,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "version": s.version, "uptime_s": s.uptime_s, "engines": engines,
+            "tenants": tenants,
+            "rejected_tenant_concurrency": s.rejected_tenant_concurrency,
+            "rejected_tenant_rate": s.rejected_tenant_rate,
+            "audit": {
+                "state": s.audit_state, "reason": s.audit_reason,
+                "records": s.audit_records, "key": s.audit_key,
+            },
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("appld {} up {:.0}s", s.version, s.uptime_s);
+        println!(
+            "audit log: {}{}, {} records, key {}",
+            s.audit_state,
+            if s.audit_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.audit_reason)
+            },
+            s.audit_records,
+            s.audit_key
+        );
         println!(
             "{:<24} {:>5} {:>6} {:>6} {:>9} {:>9} {:>11} {:>11} {:>9}",
             "MODEL",
@@ -307,7 +367,7 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
             "PREFILLED",
             "REQUESTS"
         );
-        for e in s.engines {
+        for e in &s.engines {
             println!(
                 "{:<24} {:>5} {:>6} {:>6} {:>9} {:>9} {:>11} {:>11} {:>9}",
                 e.model,
@@ -321,6 +381,112 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
                 e.requests_completed
             );
         }
+        println!();
+        println!(
+            "{:<24} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}",
+            "QUEUE",
+            "INTER",
+            "BATCH",
+            "PAUSED",
+            "PREEMPT",
+            "REUSED",
+            "REJ_FULL",
+            "EXPIRED",
+            "TTFT_P50",
+            "TTFT_P95"
+        );
+        for e in &s.engines {
+            let ttft = e.time_to_first_token.as_ref();
+            println!(
+                "{:<24} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>10} {:>10}",
+                e.model,
+                e.queued_interactive,
+                e.queued_batch,
+                e.paused,
+                e.preemptions,
+                e.tokens_prefix_reused,
+                e.rejected_queue_full,
+                e.expired_in_queue,
+                quantile_text(ttft, 0.5),
+                quantile_text(ttft, 0.95)
+            );
+        }
+        if !s.tenants.is_empty() {
+            println!();
+            println!(
+                "{:<24} {:>6} {:>9} {:>10} {:>12} {:>9}",
+                "TENANT", "WEIGHT", "MAX_CONC", "TOK/MIN", "PRIORITY", "IN_FLIGHT"
+            );
+            for t in &s.tenants {
+                println!(
+                    "{:<24} {:>6} {:>9} {:>10} {:>12} {:>9}",
+                    t.name,
+                    t.weight,
+                    t.max_concurrent,
+                    t.tokens_per_minute,
+                    priority_name(t.default_priority),
+                    t.in_flight
+                );
+            }
+            println!(
+                "refused: {} at a tenant's max_concurrent, {} over a tenant's tokens_per_minute",
+                s.rejected_tenant_concurrency, s.rejected_tenant_rate
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A request carrying the tenant (`x-appl-tenant`) when one is given.
+fn with_tenant<T>(tenant: Option<&str>, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(message);
+    if let Some(t) = tenant {
+        req.metadata_mut().insert(
+            "x-appl-tenant",
+            t.parse().context("--tenant must be printable ASCII")?,
+        );
+    }
+    Ok(req)
+}
+
+fn priority_name(p: i32) -> &'static str {
+    match pb::Priority::try_from(p) {
+        Ok(pb::Priority::Batch) => "batch",
+        Ok(pb::Priority::Interactive) => "interactive",
+        _ => "unspecified",
+    }
+}
+
+fn histogram_json(h: Option<&pb::Histogram>) -> serde_json::Value {
+    let Some(h) = h else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "bounds": h.bounds, "cumulative_counts": h.counts, "count": h.count, "sum": h.sum,
+        "p50_le": quantile(Some(h), 0.5), "p95_le": quantile(Some(h), 0.95),
+    })
+}
+
+/// The upper bound of the bucket that holds quantile `q`; None when empty.
+fn quantile(h: Option<&pb::Histogram>, q: f64) -> Option<f64> {
+    let h = h?;
+    if h.count == 0 {
+        return None;
+    }
+    let want = (q * h.count as f64).ceil() as u64;
+    Some(
+        h.bounds
+            .iter()
+            .zip(&h.counts)
+            .find(|(_, &c)| c >= want)
+            .map_or(f64::INFINITY, |(b, _)| *b),
+    )
+}
+
+fn quantile_text(h: Option<&pb::Histogram>, q: f64) -> String {
+    match quantile(h, q) {
+        None => "-".to_owned(),
+        Some(v) if v.is_infinite() => "inf".to_owned(),
+        Some(v) => format!("<={:.0}ms", v * 1e3),
+    }
 }

@@ -104,3 +104,37 @@ async fn bad_requests_are_refused_with_clear_messages() {
     // No prompt text reached the logs.
     assert!(!d.log_text().contains("word word word"));
 }
+
+/// A GenerateRequest whose prompt is raw bytes, so a test can send what a buggy client might.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawGenerateRequest {
+    #[prost(string, tag = "1")]
+    model: String,
+    #[prost(bytes = "vec", tag = "2")]
+    prompt: Vec<u8>,
+}
+
+#[tokio::test]
+async fn a_prompt_that_is_not_utf8_is_invalid_argument() {
+    let d = Daemon::start();
+    let mut grpc = tonic::client::Grpc::new(d.channel().await);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/appl.v1.Inference/Generate");
+    let req = RawGenerateRequest {
+        model: String::new(),
+        prompt: b"Once upon a \xff\xfe time".to_vec(),
+    };
+    let err = grpc
+        .unary::<_, pb::GenerateResponse, _>(
+            tonic::Request::new(req),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("invalid UTF-8 must be refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("UTF-8"), "{}", err.message());
+    // And the daemon keeps serving.
+    let mut c = d.inference().await;
+    c.generate(greedy("Hello", 2)).await.expect("still serving");
+}

@@ -130,3 +130,32 @@ async fn a_dropped_stream_frees_its_slot_within_a_step() {
         .into_inner();
     assert!(r.usage.expect("usage").queue_ms < 1000.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_cuts_connections_after_the_drain_timeout() {
+    let mut d = Daemon::start_with(Opts {
+        slots: 1,
+        ctx_per_slot: 4096,
+        max_tokens_cap: 4000,
+        drain_timeout_secs: 1,
+        ..Opts::default()
+    });
+    let mut c = d.inference().await;
+    let mut s = c
+        .generate_stream(greedy("Write a very long story about a dragon.", 4000))
+        .await
+        .expect("stream")
+        .into_inner();
+    s.next().await.expect("a chunk").expect("ok");
+    // The client keeps its stream open; SIGTERM must still stop the daemon, after the
+    // 1 s drain timeout rather than after 4000 tokens.
+    let asked = Instant::now();
+    let code = tokio::task::block_in_place(|| d.terminate());
+    assert_eq!(code, Some(0), "clean exit; log:\n{}", d.log_text());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "stopped {:?} after SIGTERM",
+        asked.elapsed()
+    );
+    assert!(d.log_text().contains("drain timeout reached"));
+}

@@ -186,6 +186,7 @@ async fn chat_is_rendered_with_the_gemma_template() {
             }),
             max_tokens: Some(24),
             stop: vec![],
+            ..Default::default()
         })
         .await
         .expect("chat")

@@ -41,6 +41,14 @@ pub struct Opts {
     pub max_tokens_cap: u32,
     pub queue_capacity: u32,
     pub model_path: PathBuf,
+    /// The audit store; `None` puts it in the daemon's temporary directory.
+    pub audit_dir: Option<PathBuf>,
+    /// TOML appended to the config, such as `[queue]` or `[[tenants]]` tables.
+    pub extra_config: String,
+    /// llama.cpp threads (1 in tests, which run two daemons at a time).
+    pub threads: u32,
+    /// `server.drain_timeout_secs`.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for Opts {
@@ -51,6 +59,10 @@ impl Default for Opts {
             max_tokens_cap: 512,
             queue_capacity: 64,
             model_path: model_path(),
+            audit_dir: None,
+            extra_config: String::new(),
+            threads: 1,
+            drain_timeout_secs: 30,
         }
     }
 }
@@ -64,6 +76,8 @@ pub fn config_text(dir: &Path, o: &Opts) -> String {
 [server]
 listen = "127.0.0.1:0"
 socket = "{socket}"
+metrics_listen = "127.0.0.1:0"
+drain_timeout_secs = {drain}
 
 [limits]
 max_tokens_cap = {cap}
@@ -73,22 +87,58 @@ queue_capacity = {queue}
 [log]
 format = "json"
 
+[audit]
+dir = "{audit}"
+
 [[models]]
 id = "gemma-3-270m"
 path = "{model}"
 slots = {slots}
 ctx_per_slot = {ctx}
 batch_tokens = 256
-threads = 1
+threads = {threads}
 chat_template = "gemma"
+
+{extra}
 "#,
+        extra = o.extra_config,
         socket = dir.join("appld.sock").display(),
+        audit = o
+            .audit_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("audit"))
+            .display(),
         cap = o.max_tokens_cap,
         queue = o.queue_capacity,
         model = o.model_path.display(),
         slots = o.slots,
         ctx = o.ctx_per_slot,
+        threads = o.threads,
+        drain = o.drain_timeout_secs,
     )
+}
+
+/// The daemon caches the SHA-256 of each model file in its audit directory, keyed by the file's
+/// identity (device, inode, size, mtime, ctime), and hashes a file it has no entry for. Hashing
+/// the demo model takes seconds on a small machine, so the first daemon's cache is handed to
+/// every later daemon of this test run; the daemon still checks that the file is the same.
+static DIGEST_CACHE: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+const DIGEST_CACHE_FILE: &str = "model-sha256.cache.json";
+
+fn seed_digest_cache(audit_dir: &Path) {
+    let cached = DIGEST_CACHE.lock().expect("cache lock").clone();
+    let target = audit_dir.join(DIGEST_CACHE_FILE);
+    if let (Some(bytes), false) = (cached, target.exists()) {
+        // Best effort: without it the daemon hashes the model itself.
+        let _ = std::fs::create_dir_all(audit_dir).and_then(|()| std::fs::write(&target, bytes));
+    }
+}
+
+fn keep_digest_cache(audit_dir: &Path) {
+    let mut g = DIGEST_CACHE.lock().expect("cache lock");
+    if g.is_none() {
+        *g = std::fs::read(audit_dir.join(DIGEST_CACHE_FILE)).ok();
+    }
 }
 
 /// A running daemon; killed when dropped.
@@ -97,6 +147,8 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub tcp: SocketAddr,
+    /// The Prometheus metrics address.
+    pub metrics: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -109,6 +161,11 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("appld.toml");
         std::fs::write(&config, config_text(dir.path(), &o)).expect("write config");
+        let audit_dir = o
+            .audit_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("audit"));
+        seed_digest_cache(&audit_dir);
         let mut child = Command::new(APPLD)
             .arg("--config")
             .arg(&config)
@@ -126,15 +183,21 @@ impl Daemon {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                         if v["message"] == "ready" {
-                            let _ = ready_tx.send(v["tcp"].as_str().unwrap_or_default().to_owned());
+                            let _ = ready_tx.send((
+                                v["tcp"].as_str().unwrap_or_default().to_owned(),
+                                v["metrics"].as_str().unwrap_or_default().to_owned(),
+                            ));
                         }
                     }
                     logs.lock().expect("log lock").push(line);
                 }
             });
         }
-        let tcp = match ready_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr.parse().expect("ready line has a tcp address"),
+        let (tcp, metrics) = match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((addr, metrics)) => (
+                addr.parse().expect("ready line has a tcp address"),
+                metrics.parse().expect("ready line has a metrics address"),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -144,13 +207,35 @@ impl Daemon {
                 );
             }
         };
+        keep_digest_cache(&audit_dir);
         Daemon {
             child,
             socket: dir.path().join("appld.sock"),
             _dir: dir,
             tcp,
+            metrics,
             logs,
         }
+    }
+
+    /// The Prometheus text from `GET /metrics`.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("send scrape");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read scrape");
+        assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+        out
+    }
+
+    /// The value of one metric line (`name{labels}`, exactly as exposed).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.scrape();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {series} in:\n{text}"))
     }
 
     /// A channel over the daemon's Unix socket.
@@ -198,6 +283,41 @@ impl Daemon {
             .remove(0)
     }
 
+    /// The daemon's temporary directory: config, socket and (by default) the audit store.
+    pub fn state_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a graceful stop) and returns the exit code. The state directory stays
+    /// until the `Daemon` is dropped.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not send SIGTERM to appld {pid}");
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => panic!(
+                    "appld did not stop within 60 s of SIGTERM; its log:\n{}",
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")
     }
@@ -221,6 +341,7 @@ pub fn greedy(prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
         }),
         max_tokens: Some(max_tokens),
         stop: vec![],
+        ..Default::default()
     }
 }
 

@@ -3,8 +3,11 @@
 //! Each test starts its own daemon on port 0 and a temporary Unix socket, so tests run in
 //! parallel and leave nothing behind.
 
+mod audit;
 mod bad_input;
 mod batching;
 mod generate;
 mod harness;
+mod queue;
+mod sizing;
 mod startup;

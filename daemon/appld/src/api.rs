@@ -16,7 +16,12 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::audit::{Auditor, Caller, Ticket};
 use crate::config::LimitsConfig;
+use crate::queue::Events;
+use appl_audit::{Action, Digest};
+use appl_engine::admission::Tenants;
+use appl_engine::{Priority, TenantId};
 
 /// Shared state of the gRPC services.
 #[derive(Debug)]
@@ -26,6 +31,8 @@ pub struct AppState {
     pub limits: LimitsConfig,
     pub chat_templates: BTreeMap<String, String>,
     pub started: Instant,
+    /// The tenant table and each tenant's live usage.
+    pub tenants: Arc<Tenants>,
     request_counter: AtomicU64,
 }
 
@@ -42,8 +49,15 @@ impl AppState {
             limits,
             chat_templates,
             started: Instant::now(),
+            tenants: Tenants::new(Vec::new(), Instant::now()),
             request_counter: AtomicU64::new(0),
         }
+    }
+
+    /// Replaces the tenant table (the default has only the `default` tenant, without limits).
+    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
+        self.tenants = tenants;
+        self
     }
 
     fn engine(&self, model: &str) -> Result<&EngineHandle, Status> {
@@ -72,15 +86,37 @@ impl AppState {
     }
 }
 
-/// Both services share one state.
+/// Both services share one state, and the audit log.
 #[derive(Debug, Clone)]
 pub struct Api {
     state: Arc<AppState>,
+    audit: Arc<Auditor>,
 }
 
 impl Api {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, audit: Arc<Auditor>) -> Self {
+        Self { state, audit }
+    }
+
+    /// The durable `admitted` record of a validated request (see [`Auditor::admit`]).
+    async fn admit(
+        &self,
+        caller: &Caller,
+        action: Action,
+        prompt_hmac: Digest,
+        p: &Prepared,
+    ) -> Result<Ticket, Status> {
+        self.audit
+            .admit(
+                caller,
+                action,
+                &p.request_id,
+                &p.engine.spec().id,
+                p.prompt.len(),
+                prompt_hmac,
+                p.received,
+            )
+            .await
     }
 }
 
@@ -95,6 +131,8 @@ struct Prepared {
     request_id: String,
     received: Instant,
     method: &'static str,
+    tenant: TenantId,
+    priority: Priority,
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -188,8 +226,21 @@ impl Api {
         stop: Vec<String>,
         deadline: Option<Instant>,
         received: Instant,
+        who: (String, i32),
     ) -> Result<Prepared, Status> {
         let st = &self.state;
+        let tenant = st.tenants.resolve(&who.0);
+        let priority = match pb::Priority::try_from(who.1) {
+            Ok(pb::Priority::Interactive) => Priority::Interactive,
+            Ok(pb::Priority::Batch) => Priority::Batch,
+            Ok(pb::Priority::Unspecified) => st.tenants.policy(tenant).default_priority,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "priority is {}; use PRIORITY_INTERACTIVE or PRIORITY_BATCH",
+                    who.1
+                )))
+            }
+        };
         let engine = st.engine(model)?.clone();
         let limits = &st.limits;
         if prompt_text.len() > limits.max_prompt_bytes {
@@ -242,6 +293,8 @@ impl Api {
             request_id: st.request_id(),
             received,
             method,
+            tenant,
+            priority,
         })
     }
 
@@ -252,6 +305,7 @@ impl Api {
     ) -> Result<Prepared, Status> {
         let received = Instant::now();
         let deadline = deadline_of(&req, received);
+        let tenant = crate::queue::tenant_name(&req);
         let r = req.into_inner();
         if r.prompt.is_empty() {
             return Err(invalid("prompt is empty; send the text to continue"));
@@ -265,6 +319,7 @@ impl Api {
             r.stop,
             deadline,
             received,
+            (tenant, r.priority),
         )
     }
 
@@ -275,6 +330,7 @@ impl Api {
     ) -> Result<Prepared, Status> {
         let received = Instant::now();
         let deadline = deadline_of(&req, received);
+        let tenant = crate::queue::tenant_name(&req);
         let r = req.into_inner();
         let prompt = self.render(&r.model, &r.messages)?;
         self.prepare(
@@ -286,6 +342,7 @@ impl Api {
             r.stop,
             deadline,
             received,
+            (tenant, r.priority),
         )
     }
 
@@ -316,7 +373,14 @@ impl Api {
     }
 
     /// Submits the job and returns the receiving end of its events.
-    fn submit(&self, p: &Prepared) -> Result<mpsc::UnboundedReceiver<Event>, Status> {
+    fn submit(&self, p: &Prepared) -> Result<Events, Status> {
+        let tenants = &self.state.tenants;
+        let permit = tenants
+            .admit(p.tenant, len_u32(p.prompt.len()), Instant::now())
+            .map_err(|r| {
+                info!(target: "queue", request_id = %p.request_id, tenant = %tenants.policy(p.tenant).name, reason = r.reason(), "refused");
+                crate::queue::refusal_status(&r)
+            })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {
             request_id: p.request_id.clone(),
@@ -326,6 +390,9 @@ impl Api {
             stop: p.stop.clone(),
             deadline: p.deadline,
             received: p.received,
+            priority: p.priority,
+            tenant: p.tenant,
+            weight: tenants.policy(p.tenant).weight,
             events: tx,
         };
         p.engine.submit(job).map_err(|e| match e {
@@ -337,11 +404,20 @@ impl Api {
             }
             other => Status::unavailable(other.to_string()),
         })?;
-        Ok(rx)
+        Ok(Events::new(rx, permit))
     }
 
-    async fn unary(&self, p: Prepared) -> Result<Response<pb::GenerateResponse>, Status> {
-        let mut rx = self.submit(&p)?;
+    /// Runs a job to its end. The response (or error) goes out only once the `completed` audit
+    /// record is durable.
+    async fn unary(
+        &self,
+        p: Prepared,
+        ticket: Ticket,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let mut rx = match self.submit(&p) {
+            Ok(rx) => rx,
+            Err(s) => return Err(ticket.refused(s).await),
+        };
         let mut text = String::new();
         let mut ids = Vec::new();
         while let Some(ev) = rx.recv().await {
@@ -356,7 +432,7 @@ impl Api {
                     error,
                 } => {
                     log_done(&p, reason, &usage);
-                    return match reason {
+                    let result = match reason {
                         FinishReason::Error => Err(Status::internal(
                             error.unwrap_or_else(|| "generation failed".to_owned()),
                         )),
@@ -373,53 +449,68 @@ impl Api {
                             request_id: p.request_id.clone(),
                         })),
                     };
+                    return ticket.finish(result, reason, &usage).await;
                 }
             }
         }
-        Err(Status::unavailable("the engine stopped during the request"))
+        Err(ticket
+            .refused(Status::unavailable("the engine stopped during the request"))
+            .await)
     }
 
-    fn stream(&self, p: Prepared) -> Result<ChunkStream, Status> {
-        let mut rx = self.submit(&p)?;
+    /// Streams a job's tokens. The final message (or error) goes out only once the `completed`
+    /// audit record is durable.
+    async fn stream(&self, p: Prepared, mut ticket: Ticket) -> Result<ChunkStream, Status> {
+        let mut rx = match self.submit(&p) {
+            Ok(rx) => rx,
+            Err(s) => return Err(ticket.refused(s).await),
+        };
         let out = async_stream(move |tx| async move {
             while let Some(ev) = rx.recv().await {
                 let chunk = match ev {
-                    Event::Tokens { text, token_ids } => pb::GenerateChunk {
-                        text,
-                        token_ids,
-                        request_id: p.request_id.clone(),
-                        ..Default::default()
-                    },
+                    Event::Tokens { text, token_ids } => {
+                        ticket.sent_tokens(token_ids.len());
+                        pb::GenerateChunk {
+                            text,
+                            token_ids,
+                            request_id: p.request_id.clone(),
+                            ..Default::default()
+                        }
+                    }
                     Event::Done {
                         reason,
                         usage,
                         error,
                     } => {
                         log_done(&p, reason, &usage);
-                        if reason == FinishReason::Error {
-                            let _ = tx
-                                .send(Err(Status::internal(
-                                    error.unwrap_or_else(|| "generation failed".to_owned()),
-                                )))
-                                .await;
-                            return;
-                        }
-                        let _ = tx
-                            .send(Ok(pb::GenerateChunk {
+                        let last = if reason == FinishReason::Error {
+                            Err(Status::internal(
+                                error.unwrap_or_else(|| "generation failed".to_owned()),
+                            ))
+                        } else {
+                            Ok(pb::GenerateChunk {
                                 finish_reason: finish_to_pb(reason) as i32,
                                 usage: Some(usage_to_pb(&usage)),
                                 request_id: p.request_id.clone(),
                                 ..Default::default()
-                            }))
-                            .await;
+                            })
+                        };
+                        let last = ticket.finish(last, reason, &usage).await;
+                        let _ = tx.send(last).await;
                         return;
                     }
                 };
                 if tx.send(Ok(chunk)).await.is_err() {
                     // The client went away; dropping `rx` tells the engine to free the slot.
+                    drop(rx);
+                    ticket.client_gone().await;
                     return;
                 }
             }
+            let s = ticket
+                .refused(Status::unavailable("the engine stopped during the request"))
+                .await;
+            let _ = tx.send(Err(s)).await;
         });
         Ok(out)
     }
@@ -451,8 +542,20 @@ fn log_done(p: &Prepared, reason: FinishReason, usage: &Usage) {
         completion_tokens = usage.completion_tokens,
         ttft_ms = usage.time_to_first_token.as_secs_f64() * 1e3,
         decode_ms = usage.decode.as_secs_f64() * 1e3,
+        priority = p.priority.as_str(),
+        cached_prompt_tokens = usage.cached_prompt_tokens,
+        preemptions = usage.preemptions,
         "request finished"
     );
+}
+
+/// The prompt HMAC of chat messages (see [`Auditor::chat_hmac`]).
+fn chat_hmac(audit: &Auditor, messages: &[pb::ChatMessage]) -> Digest {
+    audit.chat_hmac(
+        messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str())),
+    )
 }
 
 fn finish_to_pb(r: FinishReason) -> pb::FinishReason {
@@ -465,6 +568,37 @@ fn finish_to_pb(r: FinishReason) -> pb::FinishReason {
     }
 }
 
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn histogram_to_pb(h: &appl_engine::HistogramSnapshot) -> pb::Histogram {
+    pb::Histogram {
+        bounds: h.bounds.clone(),
+        counts: h.cumulative.clone(),
+        count: h.count,
+        sum: h.sum,
+    }
+}
+
+fn tenants_to_pb(t: &Tenants) -> Vec<pb::TenantStatus> {
+    t.policies()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pb::TenantStatus {
+            name: p.name.clone(),
+            weight: p.weight,
+            max_concurrent: p.max_concurrent,
+            tokens_per_minute: p.tokens_per_minute,
+            default_priority: match p.default_priority {
+                Priority::Interactive => pb::Priority::Interactive,
+                Priority::Batch => pb::Priority::Batch,
+            } as i32,
+            in_flight: t.in_flight(TenantId(i as u32)),
+        })
+        .collect()
+}
+
 fn usage_to_pb(u: &Usage) -> pb::Usage {
     pb::Usage {
         prompt_tokens: u.prompt_tokens,
@@ -472,6 +606,8 @@ fn usage_to_pb(u: &Usage) -> pb::Usage {
         time_to_first_token_ms: u.time_to_first_token.as_secs_f64() * 1e3,
         decode_ms: u.decode.as_secs_f64() * 1e3,
         queue_ms: u.queue.as_secs_f64() * 1e3,
+        cached_prompt_tokens: u.cached_prompt_tokens,
+        preemptions: u.preemptions,
     }
 }
 
@@ -481,8 +617,13 @@ impl pb::inference_server::Inference for Api {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let caller = self.audit.caller(&req)?;
+        let hmac = self.audit.prompt_hmac(&req.get_ref().prompt);
         let p = self.prepare_generate(req, "Generate")?;
-        self.unary(p).await
+        let ticket = self
+            .admit(&caller, Action::InferenceGenerate, hmac, &p)
+            .await?;
+        self.unary(p, ticket).await
     }
 
     type GenerateStreamStream = ChunkStream;
@@ -491,16 +632,24 @@ impl pb::inference_server::Inference for Api {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let caller = self.audit.caller(&req)?;
+        let hmac = self.audit.prompt_hmac(&req.get_ref().prompt);
         let p = self.prepare_generate(req, "GenerateStream")?;
-        Ok(Response::new(self.stream(p)?))
+        let ticket = self
+            .admit(&caller, Action::InferenceGenerate, hmac, &p)
+            .await?;
+        Ok(Response::new(self.stream(p, ticket).await?))
     }
 
     async fn chat(
         &self,
         req: Request<pb::ChatRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let caller = self.audit.caller(&req)?;
+        let hmac = chat_hmac(&self.audit, &req.get_ref().messages);
         let p = self.prepare_chat(req, "Chat")?;
-        self.unary(p).await
+        let ticket = self.admit(&caller, Action::InferenceChat, hmac, &p).await?;
+        self.unary(p, ticket).await
     }
 
     type ChatStreamStream = ChunkStream;
@@ -509,16 +658,26 @@ impl pb::inference_server::Inference for Api {
         &self,
         req: Request<pb::ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let caller = self.audit.caller(&req)?;
+        let hmac = chat_hmac(&self.audit, &req.get_ref().messages);
         let p = self.prepare_chat(req, "ChatStream")?;
-        Ok(Response::new(self.stream(p)?))
+        let ticket = self.admit(&caller, Action::InferenceChat, hmac, &p).await?;
+        Ok(Response::new(self.stream(p, ticket).await?))
     }
 
     async fn tokenize(
         &self,
         req: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let received = Instant::now();
+        let caller = self.audit.caller(&req)?;
         let r = req.into_inner();
         let engine = self.state.engine(&r.model)?;
+        let hmac = match &r.input {
+            Some(pb::tokenize_request::Input::Prompt(p)) => self.audit.prompt_hmac(p),
+            Some(pb::tokenize_request::Input::Chat(c)) => chat_hmac(&self.audit, &c.messages),
+            None => return Err(invalid("set either prompt or chat")),
+        };
         let rendered = match r.input {
             Some(pb::tokenize_request::Input::Prompt(p)) => p,
             Some(pb::tokenize_request::Input::Chat(c)) => self.render(&r.model, &c.messages)?,
@@ -532,6 +691,17 @@ impl pb::inference_server::Inference for Api {
             )));
         }
         let token_ids = engine.tokenize(&rendered);
+        self.audit
+            .event(
+                &caller,
+                Action::InferenceTokenize,
+                &self.state.request_id(),
+                &engine.spec().id,
+                token_ids.len(),
+                hmac,
+                received,
+            )
+            .await?;
         let pieces = token_ids.iter().map(|&t| engine.piece(t)).collect();
         Ok(Response::new(pb::TokenizeResponse {
             token_ids,
@@ -562,6 +732,11 @@ impl pb::inference_server::Inference for Api {
                     chat_template: st.chat_templates.get(&spec.id).cloned().unwrap_or_default(),
                     max_tokens_cap: st.limits.max_tokens_cap,
                     is_default: spec.id == st.default_model,
+                    sha256: self
+                        .audit
+                        .model_sha256(&spec.id)
+                        .map(|d| hex::encode(d.0))
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -591,14 +766,31 @@ impl pb::admin_server::Admin for Api {
                     tokens_generated: s.tokens_generated,
                     tokens_prefilled: s.tokens_prefilled,
                     requests_completed: s.requests_completed,
-                    tokens_prefix_reused: 0,
+                    tokens_prefix_reused: s.tokens_prefix_reused,
+                    queued_interactive: s.queued_interactive,
+                    queued_batch: s.queued_batch,
+                    paused: s.paused,
+                    preemptions: s.preemptions,
+                    rejected_queue_full: s.rejected_queue_full,
+                    expired_in_queue: s.expired_in_queue,
+                    time_to_first_token: Some(histogram_to_pb(&s.ttft)),
+                    inter_token: Some(histogram_to_pb(&s.inter_token)),
+                    batch_sequences: Some(histogram_to_pb(&s.batch_sequences)),
                 }
             })
             .collect();
+        let audit = self.audit.status();
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.state.started.elapsed().as_secs_f64(),
             engines,
+            audit_state: audit.state.to_owned(),
+            audit_reason: audit.reason,
+            audit_records: audit.records,
+            audit_key: audit.key,
+            tenants: tenants_to_pb(&self.state.tenants),
+            rejected_tenant_concurrency: self.state.tenants.rejections().0,
+            rejected_tenant_rate: self.state.tenants.rejections().1,
         }))
     }
 }

@@ -35,7 +35,18 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub sizing: SizingConfig,
+    #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// `[queue]`: priorities, preemption, prefix reuse.
+    #[serde(default)]
+    pub queue: crate::queue::QueueConfig,
+    /// `[[tenants]]`: weights, limits and default priorities. Requests name their tenant in the
+    /// `x-appl-tenant` metadata; unknown tenants share the `default` tenant.
+    #[serde(default)]
+    pub tenants: Vec<crate::queue::TenantConfig>,
+    #[serde(default)]
+    pub audit: AuditSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +58,12 @@ pub struct ServerConfig {
     pub socket: PathBuf,
     /// Permission bits of the Unix socket.
     pub socket_mode: u32,
+    /// On SIGTERM, how long requests in flight may take to finish before their connections are
+    /// cut.
+    pub drain_timeout_secs: u64,
+    /// TCP address for Prometheus metrics (plain HTTP, `GET /metrics`); empty disables it.
+    /// Keep it on a local or management address.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +72,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".to_owned(),
             socket: PathBuf::from("/run/appl/appld.sock"),
             socket_mode: 0o660,
+            drain_timeout_secs: 30,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -130,9 +149,10 @@ pub struct ModelConfig {
     /// llama.cpp threads; 0 means the number of physical cores.
     #[serde(default)]
     pub threads: u32,
-    /// Layers offloaded to the GPU; 0 on CPU builds.
+    /// Layers offloaded to GPUs: `"auto"` lets the sizing rules decide (everything on the GPUs,
+    /// or refuse with the numbers), or a count like llama.cpp's `n_gpu_layers`.
     #[serde(default)]
-    pub gpu_layers: u32,
+    pub gpu_layers: GpuLayersSetting,
     /// `embedded` (the GGUF's own), a llama.cpp built-in name such as `gemma`, or a file path.
     #[serde(default = "defaults::chat_template")]
     pub chat_template: String,
@@ -140,6 +160,64 @@ pub struct ModelConfig {
     /// none says so.
     #[serde(default)]
     pub default: bool,
+}
+
+/// `gpu_layers = "auto"` or `gpu_layers = N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GpuLayersSetting {
+    Count(u32),
+    Word(AutoWord),
+}
+
+/// The one word `gpu_layers` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+impl Default for GpuLayersSetting {
+    fn default() -> Self {
+        GpuLayersSetting::Word(AutoWord::Auto)
+    }
+}
+
+/// Where the sizing rules get the machine's hardware from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SizingConfig {
+    /// A recorded inventory (JSON, as `applctl check --record` writes) to size against instead
+    /// of probing this machine. Empty means probe.
+    pub inventory: PathBuf,
+}
+
+/// The HIPAA audit log (`[audit]`). It is always on: there is no key to turn it off, and none
+/// to log prompt or completion text, which is never written anywhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The audit store: sled database, signing keys, checkpoints. Relative paths are relative
+    /// to the config file's folder.
+    pub dir: PathBuf,
+    /// Sign a checkpoint once this many records are not yet covered by one.
+    pub checkpoint_every_records: u64,
+    /// Sign a checkpoint once the oldest uncovered record is this many seconds old.
+    pub checkpoint_every_secs: u64,
+    /// Keep records at least this many years (HIPAA: six). Pruning never removes records that
+    /// no signed checkpoint covers.
+    pub retention_years: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/appl/audit"),
+            checkpoint_every_records: 10_000,
+            checkpoint_every_secs: 60,
+            retention_years: 6,
+        }
+    }
 }
 
 mod defaults {
@@ -186,6 +264,13 @@ impl Config {
                 m.path = base.join(&m.path);
             }
         }
+        if self.audit.dir.is_relative() && !self.audit.dir.as_os_str().is_empty() {
+            self.audit.dir = base.join(&self.audit.dir);
+        }
+        let inv = &mut self.sizing.inventory;
+        if !inv.as_os_str().is_empty() && inv.is_relative() {
+            *inv = base.join(&*inv);
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -206,6 +291,16 @@ impl Config {
                 "server.listen".into(),
                 "must be an IP address and port, such as \"127.0.0.1:50051\"",
             ));
+        }
+        if !s.metrics_listen.is_empty() && s.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "server.metrics_listen".into(),
+                "must be an IP address and port, such as \"127.0.0.1:9464\", or empty",
+            ));
+        }
+        if let Err((key, reason)) = crate::queue::validate_tenants(&self.tenants) {
+            return Err(invalid(key, reason));
         }
         if s.socket_mode > 0o777 {
             return Err(invalid(
@@ -244,6 +339,12 @@ impl Config {
             if m.id.is_empty() || m.id.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(invalid(key("id"), "must be non-empty, without whitespace"));
             }
+            if appl_audit::Ident::new(m.id.as_str()).is_err() {
+                return Err(invalid(
+                    key("id"),
+                    "must be at most 256 of ASCII letters, digits and ._-:@/=,+[]# (the audit log records it)",
+                ));
+            }
             if !ids.insert(&m.id) {
                 return Err(invalid(key("id"), "repeats another model's id"));
             }
@@ -281,6 +382,31 @@ impl Config {
                 "is true for more than one model",
             ));
         }
+        let a = &self.audit;
+        if a.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "audit.dir".into(),
+                "is empty; the audit log cannot be turned off",
+            ));
+        }
+        if !(1..=1_000_000).contains(&a.checkpoint_every_records) {
+            return Err(invalid(
+                "audit.checkpoint_every_records".into(),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=86_400).contains(&a.checkpoint_every_secs) {
+            return Err(invalid(
+                "audit.checkpoint_every_secs".into(),
+                "must be between 1 and 86400 (a day)",
+            ));
+        }
+        if !(1..=100).contains(&a.retention_years) {
+            return Err(invalid(
+                "audit.retention_years".into(),
+                "must be between 1 and 100 (HIPAA expects 6)",
+            ));
+        }
         Ok(())
     }
 
@@ -315,6 +441,14 @@ path = "/models/demo.gguf"
         assert_eq!(c.models[0].slots, 4);
         assert_eq!(c.models[0].chat_template, "embedded");
         assert_eq!(c.default_model(), Some("demo"));
+        assert_eq!(c.audit.dir, Path::new("/var/lib/appl/audit"));
+        assert_eq!(c.audit.retention_years, 6);
+    }
+
+    #[test]
+    fn relative_audit_dir_is_relative_to_the_config_file() {
+        let c = parse(&format!("[audit]\ndir = \"audit\"\n{MINIMAL}")).expect("valid");
+        assert_eq!(c.audit.dir, Path::new("/etc/appl/audit"));
     }
 
     #[test]
@@ -355,6 +489,27 @@ path = "/models/demo.gguf"
             ("", "models"),
             ("[[models]]\nid = \"a\"\n", "path"),
             ("this is not toml", "line 1"),
+            ("[audit]\nlog_prompts = true\n", "log_prompts"),
+            (
+                "[audit]\ncheckpoint_every_records = 0\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "audit.checkpoint_every_records",
+            ),
+            (
+                "[audit]\ncheckpoint_every_secs = 0\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "audit.checkpoint_every_secs",
+            ),
+            (
+                "[audit]\nretention_years = 0\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "audit.retention_years",
+            ),
+            (
+                "[audit]\ndir = \"\"\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "audit.dir",
+            ),
+            (
+                "[[models]]\nid = \"a\"\npath = \"a\"\ngpu_layers = \"most\"\n",
+                "gpu_layers",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -363,5 +518,18 @@ path = "/models/demo.gguf"
                 "error for {text:?} should name {key:?}: {err}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    /// The documented default config in packaging/ must always parse and validate.
+    #[test]
+    fn packaged_default_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/appld.toml");
+        let text = std::fs::read_to_string(&path).expect("read packaging/appld.toml");
+        let c = super::Config::parse(&path, &text).expect("the shipped config is valid");
+        assert_eq!(c.default_model(), Some("gemma-3-270m"));
     }
 }

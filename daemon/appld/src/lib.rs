@@ -8,7 +8,10 @@
 //! [`StartupError::exit_code`].
 
 pub mod api;
+pub mod audit;
 pub mod config;
+pub mod metrics;
+pub mod queue;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,7 +25,12 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
 use crate::api::{Api, AppState};
-use crate::config::{Config, ConfigError, ModelConfig};
+use crate::config::{Config, ConfigError, GpuLayersSetting, ModelConfig};
+use appl_firmware_profiles::gguf::GgufInfo;
+use appl_firmware_profiles::inventory::Inventory;
+use appl_firmware_profiles::sizing::{
+    self, Deployment, GpuLayers, KvType, MemoryEstimate, Placement,
+};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +39,10 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("model {id}: {source}")]
     Model { id: String, source: EngineError },
+    #[error("model {model} does not fit this machine: {reason}")]
+    Sizing { model: String, reason: String },
+    #[error("audit log: {0}")]
+    Audit(#[from] appl_audit::AuditError),
     #[error("cannot listen on {what}: {source}")]
     Bind {
         what: String,
@@ -40,7 +52,8 @@ pub enum StartupError {
 
 impl StartupError {
     /// sysexits(3) codes: 78 bad configuration, 66 a model file is missing, 65 a model file is
-    /// not a usable GGUF, 71 an OS error such as a port in use.
+    /// not a usable GGUF, 69 a model does not fit the hardware, 71 an OS error such as a port in
+    /// use, 74 the audit log cannot be opened or written.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartupError::Config(_) => 78,
@@ -50,7 +63,9 @@ impl StartupError {
                 EngineError::ChatTemplate(_) => 78,
                 _ => 71,
             },
+            StartupError::Sizing { .. } => 69,
             StartupError::Bind { .. } => 71,
+            StartupError::Audit(_) => 74,
         }
     }
 }
@@ -60,6 +75,8 @@ impl StartupError {
 pub struct Listeners {
     pub tcp: Option<TcpListener>,
     pub unix: Option<(UnixListener, PathBuf)>,
+    /// Prometheus metrics (`server.metrics_listen`).
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -93,6 +110,15 @@ impl Listeners {
                 .map_err(bind_err)?;
             l.unix = Some((unix, path.clone()));
         }
+        if !s.metrics_listen.is_empty() {
+            let m = TcpListener::bind(&s.metrics_listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    what: format!("metrics tcp {}", s.metrics_listen),
+                    source,
+                })?;
+            l.metrics = Some(m);
+        }
         Ok(l)
     }
 }
@@ -108,6 +134,10 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn template_spec(m: &ModelConfig) -> ChatTemplateSpec {
@@ -127,11 +157,99 @@ pub struct Engines {
     engines: BTreeMap<String, EngineHandle>,
 }
 
+/// The hardware the sizing rules place models on: a recorded inventory if the config names one,
+/// else this machine. GPUs are left out when this build of llama.cpp cannot offload to them.
+fn sizing_inventory(config: &Config) -> Result<Inventory, StartupError> {
+    let sizing_err = |reason: String| StartupError::Sizing {
+        model: String::new(),
+        reason,
+    };
+    let path = &config.sizing.inventory;
+    let mut inv = if path.as_os_str().is_empty() {
+        appl_firmware_profiles::probe::probe_system()
+            .map_err(|e| sizing_err(format!("probing the hardware: {e}")))?
+    } else {
+        Inventory::from_path(path).map_err(|e| {
+            StartupError::Config(ConfigError::Invalid {
+                path: path.clone(),
+                key: "sizing.inventory".into(),
+                reason: format!("cannot be used: {e}"),
+            })
+        })?
+    };
+    let offload = appl_engine::gpu_offload_supported().map_err(|e| sizing_err(e.to_string()))?;
+    if !offload && !inv.gpus.is_empty() {
+        info!(target: "sizing", gpus = inv.gpus.len(), "this is a CPU build of llama.cpp; sizing for host RAM only");
+        inv.gpus.clear();
+    }
+    Ok(inv)
+}
+
+/// Applies the sizing rules to one model: the memory it needs and where its layers go. Refuses,
+/// with the numbers, a model that cannot fit, before llama.cpp allocates anything.
+fn plan_model(
+    m: &ModelConfig,
+    inv: &Inventory,
+    n_batch: u32,
+) -> Result<(MemoryEstimate, Placement), StartupError> {
+    let info = GgufInfo::from_path(&m.path).map_err(|e| StartupError::Model {
+        id: m.id.clone(),
+        source: EngineError::ModelFile {
+            path: m.path.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    let deployment = Deployment {
+        ctx_per_slot: m.ctx_per_slot,
+        slots: m.slots,
+        n_batch,
+        n_ubatch: n_batch.min(512),
+        kv_type: KvType::F16,
+        flash_attn: true,
+        swa_full: true,
+        kv_unified: true,
+    };
+    let estimate = sizing::estimate(&info, &deployment);
+    let layers = match m.gpu_layers {
+        GpuLayersSetting::Count(n) => GpuLayers::N(n),
+        GpuLayersSetting::Word(_) => GpuLayers::Auto,
+    };
+    let placement = sizing::fit(&estimate, inv, layers).map_err(|e| StartupError::Sizing {
+        model: m.id.clone(),
+        reason: e.message,
+    })?;
+    Ok((estimate, placement))
+}
+
 /// Loads every configured model. Blocking: call it before the runtime serves traffic.
 pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
     let mut engines = BTreeMap::new();
     let cores = appl_engine::physical_cores();
+    // The common mistakes (a wrong path, a file that is not GGUF) get their own message first.
     for m in &config.models {
+        appl_engine::check_gguf_file(&m.path).map_err(|source| StartupError::Model {
+            id: m.id.clone(),
+            source,
+        })?;
+    }
+    let inventory = sizing_inventory(config)?;
+    for m in &config.models {
+        let n_batch = m.batch_tokens.max(m.slots);
+        let gpu_layers = {
+            let (est, placement) = plan_model(m, &inventory, n_batch)?;
+            info!(
+                target: "sizing",
+                model = %m.id,
+                weights_mib = mib(est.weights),
+                kv_mib = mib(est.kv),
+                compute_mib = mib(est.compute),
+                output_mib = mib(est.output_buffer),
+                total_mib = mib(est.total),
+                placement = %placement.summary(),
+                "memory plan"
+            );
+            placement.n_gpu_layers
+        };
         let spec = ModelSpec {
             id: m.id.clone(),
             path: m.path.clone(),
@@ -139,9 +257,10 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
             ctx_per_slot: m.ctx_per_slot,
             batch_tokens: m.batch_tokens,
             threads: if m.threads == 0 { cores } else { m.threads },
-            gpu_layers: m.gpu_layers,
+            gpu_layers,
             chat_template: template_spec(m),
             queue_capacity: config.limits.queue_capacity,
+            queue: config.queue.policy(),
         };
         info!(target: "engine", model = %m.id, path = %m.path.display(), "loading model");
         let engine = EngineHandle::start(spec).map_err(|source| StartupError::Model {
@@ -163,6 +282,7 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
 pub async fn serve(
     config: &Config,
     engines: Engines,
+    auditor: audit::Auditor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -172,17 +292,24 @@ pub async fn serve(
         .map(|m| (m.id.clone(), m.chat_template.clone()))
         .collect();
     let default_model = config.default_model().unwrap_or_default().to_owned();
-    let state = Arc::new(AppState::new(
-        engines.engines,
-        default_model,
-        config.limits.clone(),
-        chat_templates,
-    ));
-    let api = Api::new(state);
+    let state = Arc::new(
+        AppState::new(
+            engines.engines,
+            default_model,
+            config.limits.clone(),
+            chat_templates,
+        )
+        .with_tenants(queue::tenants(&config.tenants)),
+    );
+    let metrics_state = Arc::clone(&state);
+    let auditor = Arc::new(auditor);
+    let api = Api::new(state, auditor.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<InferenceServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
+    // Inference (and the server as a whole) is NOT_SERVING while the audit log cannot write.
+    let audit_health = auditor.watch_health(health_reporter.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(appl_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -208,6 +335,10 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
     let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
+    let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(m) = listeners.metrics {
+        tokio::spawn(metrics::serve(m, metrics_state, stop_rx.clone()));
+    }
     if let Some(tcp) = listeners.tcp {
         let server = router()
             .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()));
@@ -221,17 +352,48 @@ pub async fn serve(
     info!(
         tcp = %tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
         socket = %socket_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         "ready"
     );
 
+    let drain = std::time::Duration::from_secs(config.server.drain_timeout_secs);
+    let (drained_tx, mut drained_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
-        info!("shutting down: no new connections; finishing requests in flight");
+        info!(
+            drain_timeout_s = drain.as_secs(),
+            "shutting down: no new connections; finishing requests in flight"
+        );
         let _ = stop_tx.send(true);
+        tokio::time::sleep(drain).await;
+        let _ = drained_tx.send(());
     });
-    while let Some(res) = tasks.join_next().await {
-        res??;
+    let mut served = Ok(());
+    loop {
+        tokio::select! {
+            res = tasks.join_next() => match res {
+                None => break,
+                Some(res) => {
+                    if let Err(e) = res.map_err(anyhow::Error::from).and_then(|r| Ok(r?)) {
+                        served = Err(e);
+                        break;
+                    }
+                }
+            },
+            Ok(()) = &mut drained_rx => {
+                // Connections still open past the drain timeout are cut; their requests are
+                // cancelled, and their audit records show them admitted but not completed.
+                warn!(open_servers = tasks.len(), "drain timeout reached; closing the remaining connections");
+                tasks.abort_all();
+                break;
+            }
+        }
     }
+    // Every request has finished (or been recorded as cancelled): record the stop, sign a
+    // final checkpoint and close the store.
+    auditor.stop().await;
+    audit_health.abort();
+    served?;
     if let Some(p) = socket_path {
         let _ = std::fs::remove_file(p);
     }

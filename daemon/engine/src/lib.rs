@@ -14,6 +14,8 @@
 //!
 //! Nothing here knows the wire format, and nothing here logs prompt or completion text.
 
+pub mod admission;
+pub mod metrics;
 mod text;
 mod worker;
 
@@ -26,7 +28,10 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+pub use admission::{Priority, TenantId};
+pub use metrics::{Histogram, HistogramSnapshot};
 pub use text::{Pushed, TextStreamer};
+pub use worker::check_gguf_file;
 
 /// Errors from loading a model or preparing a request.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,31 @@ pub struct ModelSpec {
     pub chat_template: ChatTemplateSpec,
     /// Requests that may wait for a slot before new ones are refused.
     pub queue_capacity: u32,
+    /// How the queue orders, pauses and reuses work.
+    pub queue: QueuePolicy,
+}
+
+/// Scheduling settings of one engine (see [`admission`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    /// Batch work that has waited this long (queued plus paused) goes before new interactive
+    /// work and is no longer paused: the bound that keeps batch work from starving.
+    pub batch_max_wait: Duration,
+    /// Pause batch sequences for interactive requests when every slot is busy.
+    pub preemption: bool,
+    /// Reuse an idle slot's cached KV when a prompt shares at least this many leading tokens
+    /// with it; 0 disables prefix reuse.
+    pub prefix_reuse_min_tokens: u32,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self {
+            batch_max_wait: Duration::from_secs(10),
+            preemption: true,
+            prefix_reuse_min_tokens: 16,
+        }
+    }
 }
 
 /// Sampling settings, already validated.
@@ -122,6 +152,10 @@ pub struct Usage {
     pub time_to_first_token: Duration,
     pub decode: Duration,
     pub queue: Duration,
+    /// Prompt tokens served from a cached prefix instead of being prefilled.
+    pub cached_prompt_tokens: u32,
+    /// Times the request was paused for interactive work.
+    pub preemptions: u32,
 }
 
 /// What an engine sends back for a job.
@@ -151,11 +185,15 @@ pub struct Job {
     pub deadline: Option<Instant>,
     /// When the daemon received the request; the base of time-to-first-token.
     pub received: Instant,
+    pub priority: Priority,
+    pub tenant: TenantId,
+    /// The tenant's weight in fair sharing.
+    pub weight: u32,
     pub events: tokio::sync::mpsc::UnboundedSender<Event>,
 }
 
 /// Counters an engine keeps, readable from any thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineStats {
     pub steps: AtomicU64,
     pub max_batch_sequences: AtomicU32,
@@ -164,10 +202,49 @@ pub struct EngineStats {
     pub tokens_generated: AtomicU64,
     pub tokens_prefilled: AtomicU64,
     pub requests_completed: AtomicU64,
+    pub queued_interactive: AtomicU32,
+    pub queued_batch: AtomicU32,
+    /// Batch sequences paused right now.
+    pub paused: AtomicU32,
+    pub preemptions: AtomicU64,
+    pub tokens_prefix_reused: AtomicU64,
+    pub rejected_queue_full: AtomicU64,
+    /// Requests whose deadline passed while they waited.
+    pub expired_in_queue: AtomicU64,
+    /// Receipt to first token, seconds.
+    pub ttft: Histogram,
+    /// Between consecutive tokens of one request, seconds.
+    pub inter_token: Histogram,
+    /// Sequences per engine step.
+    pub batch_sequences: Histogram,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        Self {
+            steps: AtomicU64::new(0),
+            max_batch_sequences: AtomicU32::new(0),
+            busy_slots: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            tokens_generated: AtomicU64::new(0),
+            tokens_prefilled: AtomicU64::new(0),
+            requests_completed: AtomicU64::new(0),
+            queued_interactive: AtomicU32::new(0),
+            queued_batch: AtomicU32::new(0),
+            paused: AtomicU32::new(0),
+            preemptions: AtomicU64::new(0),
+            tokens_prefix_reused: AtomicU64::new(0),
+            rejected_queue_full: AtomicU64::new(0),
+            expired_in_queue: AtomicU64::new(0),
+            ttft: Histogram::new(metrics::LATENCY_BOUNDS),
+            inter_token: Histogram::new(metrics::LATENCY_BOUNDS),
+            batch_sequences: Histogram::new(metrics::BATCH_BOUNDS),
+        }
+    }
 }
 
 /// A point-in-time copy of [`EngineStats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
     pub steps: u64,
     pub max_batch_sequences: u32,
@@ -176,6 +253,16 @@ pub struct StatsSnapshot {
     pub tokens_generated: u64,
     pub tokens_prefilled: u64,
     pub requests_completed: u64,
+    pub queued_interactive: u32,
+    pub queued_batch: u32,
+    pub paused: u32,
+    pub preemptions: u64,
+    pub tokens_prefix_reused: u64,
+    pub rejected_queue_full: u64,
+    pub expired_in_queue: u64,
+    pub ttft: HistogramSnapshot,
+    pub inter_token: HistogramSnapshot,
+    pub batch_sequences: HistogramSnapshot,
 }
 
 impl EngineStats {
@@ -188,6 +275,16 @@ impl EngineStats {
             tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
             tokens_prefilled: self.tokens_prefilled.load(Ordering::Relaxed),
             requests_completed: self.requests_completed.load(Ordering::Relaxed),
+            queued_interactive: self.queued_interactive.load(Ordering::Relaxed),
+            queued_batch: self.queued_batch.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
+            preemptions: self.preemptions.load(Ordering::Relaxed),
+            tokens_prefix_reused: self.tokens_prefix_reused.load(Ordering::Relaxed),
+            rejected_queue_full: self.rejected_queue_full.load(Ordering::Relaxed),
+            expired_in_queue: self.expired_in_queue.load(Ordering::Relaxed),
+            ttft: self.ttft.snapshot(),
+            inter_token: self.inter_token.snapshot(),
+            batch_sequences: self.batch_sequences.snapshot(),
         }
     }
 }
@@ -353,6 +450,10 @@ impl EngineHandle {
             })
             .is_err()
         {
+            self.inner
+                .stats
+                .rejected_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::QueueFull {
                 model: self.inner.spec.id.clone(),
                 capacity,
@@ -363,6 +464,11 @@ impl EngineHandle {
             EngineError::Stopped(self.inner.spec.id.clone())
         })
     }
+}
+
+/// Whether this build of llama.cpp can offload layers to a GPU (a CUDA, ROCm or Vulkan build).
+pub fn gpu_offload_supported() -> Result<bool, EngineError> {
+    Ok(backend()?.supports_gpu_offload())
 }
 
 /// Physical CPU cores, the default thread count: llama.cpp's decode is memory-bound, and SMT

@@ -6,9 +6,11 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::time::Duration;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -18,6 +20,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{self, Priority, Queue, Running, Ticket};
 use crate::text::{Pushed, TextStreamer};
 use crate::{
     ChatTemplateSpec, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec, Sampling,
@@ -28,7 +31,7 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// Checks that the file exists, is readable and starts like a GGUF file, so that the common
 /// mistakes get a clear message before llama.cpp sees the file.
-pub(crate) fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
+pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
     let err = |reason: String| EngineError::ModelFile {
         path: path.to_owned(),
         reason,
@@ -107,6 +110,9 @@ fn context_params(spec: &ModelSpec) -> LlamaContextParams {
         // One KV pool for all slots: each slot is bounded by `ctx_per_slot` here, and a unified
         // cache lets sequences share cells later (prefix reuse).
         .with_kv_unified(true)
+        // Full-size sliding-window caches: a slot's cached KV stays complete, so a finished
+        // slot's prefix can be reused and a paused sequence's state saved whole.
+        .with_swa_full(true)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
 }
@@ -136,14 +142,17 @@ fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
     LlamaSampler::chain_simple(chain)
 }
 
-/// A request that holds a slot.
+/// A request that holds a slot, or is paused.
 struct Active {
     job: Job,
+    ticket: Ticket,
     sampler: LlamaSampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// Tokens of this sequence in the KV cache (the next position).
     n_past: i32,
+    /// The tokens in the KV cache, in order: what a later prompt may reuse.
+    history: Vec<i32>,
     /// The last sampled token, to be decoded in the next step.
     next: Option<LlamaToken>,
     generated: u32,
@@ -151,8 +160,20 @@ struct Active {
     pending_ids: Vec<i32>,
     admitted: Instant,
     first_token: Option<Instant>,
+    last_token: Option<Instant>,
     /// Index of this slot's logits in the current batch.
     logits_at: Option<i32>,
+    /// Time spent waiting so far: in the queue, then paused.
+    waited: Duration,
+    preemptions: u32,
+    cached_prompt: u32,
+}
+
+/// A batch sequence paused for interactive work: its KV state, swapped to host memory.
+struct Paused {
+    active: Active,
+    state: SeqState,
+    since: Instant,
 }
 
 struct Engine<'m> {
@@ -161,8 +182,15 @@ struct Engine<'m> {
     spec: &'m ModelSpec,
     stats: &'m EngineStats,
     slots: Vec<Option<Active>>,
-    waiting: VecDeque<Job>,
+    /// Per slot, the tokens whose KV an idle slot still holds (empty when none).
+    cached: Vec<Vec<i32>>,
+    waiting: Queue<Job>,
+    paused: VecDeque<Paused>,
     batch: LlamaBatch<'static>,
+    /// Scratch space reused every step, so the loop does not allocate.
+    in_batch: Vec<bool>,
+    gone: Vec<(Job, Ticket)>,
+    running: Vec<Running>,
 }
 
 pub(crate) fn run(
@@ -184,14 +212,20 @@ pub(crate) fn run(
         }
     };
     let batch_capacity = spec.batch_tokens.max(spec.slots) as usize;
+    let n = spec.slots as usize;
     let mut engine = Engine {
         model,
         ctx,
         spec,
         stats,
-        slots: (0..spec.slots).map(|_| None).collect(),
-        waiting: VecDeque::new(),
+        slots: (0..n).map(|_| None).collect(),
+        cached: vec![Vec::new(); n],
+        waiting: Queue::new(spec.queue.batch_max_wait),
+        paused: VecDeque::new(),
         batch: LlamaBatch::new(batch_capacity, 1),
+        in_batch: vec![false; n],
+        gone: Vec::new(),
+        running: Vec::with_capacity(n),
     };
     info!(
         target: "engine",
@@ -200,6 +234,9 @@ pub(crate) fn run(
         ctx_per_slot = spec.ctx_per_slot,
         batch_tokens = spec.batch_tokens,
         threads = spec.threads,
+        preemption = spec.queue.preemption,
+        batch_max_wait_ms = spec.queue.batch_max_wait.as_millis() as u64,
+        prefix_reuse_min_tokens = spec.queue.prefix_reuse_min_tokens,
         "engine ready"
     );
     let _ = ready.send(Ok(()));
@@ -207,92 +244,319 @@ pub(crate) fn run(
     info!(target: "engine", model = %spec.id, "engine stopped");
 }
 
+fn ticket_of(job: &Job) -> Ticket {
+    Ticket {
+        tenant: job.tenant,
+        weight: job.weight,
+        priority: job.priority,
+        cost: len_u32(job.prompt.len()).saturating_add(job.max_tokens),
+        enqueued: job.received,
+    }
+}
+
+fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 impl Engine<'_> {
     fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
         loop {
             if self.idle() {
                 match rx.recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.enqueue(job),
                     Err(_) => return,
                 }
             }
             while let Ok(job) = rx.try_recv() {
-                self.waiting.push_back(job);
+                self.enqueue(job);
             }
-            self.admit();
+            self.drop_gone_waiting();
             self.reap();
+            self.preempt();
+            self.admit();
             if self.busy() > 0 {
                 self.step();
             }
         }
     }
 
+    fn enqueue(&mut self, job: Job) {
+        let ticket = ticket_of(&job);
+        self.waiting.push(job, ticket);
+    }
+
     fn idle(&self) -> bool {
-        self.waiting.is_empty() && self.busy() == 0
+        self.waiting.is_empty() && self.paused.is_empty() && self.busy() == 0
     }
 
     fn busy(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
-    /// Moves waiting jobs into free slots, in arrival order. Jobs whose client has gone or whose
-    /// deadline has passed are answered without taking a slot.
-    fn admit(&mut self) {
+    fn publish_gauges(&self) {
+        let s = self.stats;
+        s.busy_slots.store(len_u32(self.busy()), Ordering::Relaxed);
+        s.queued_interactive.store(
+            len_u32(self.waiting.depth(Priority::Interactive)),
+            Ordering::Relaxed,
+        );
+        s.queued_batch.store(
+            len_u32(self.waiting.depth(Priority::Batch)),
+            Ordering::Relaxed,
+        );
+        s.paused
+            .store(len_u32(self.paused.len()), Ordering::Relaxed);
+    }
+
+    /// Answers waiting jobs whose client has gone or whose deadline has passed, without giving
+    /// them a slot.
+    fn drop_gone_waiting(&mut self) {
         let now = Instant::now();
-        self.waiting.retain(|job| {
-            let gone = job.events.is_closed();
-            let expired = job.deadline.is_some_and(|d| d <= now);
-            if gone || expired {
-                self.stats.queued.fetch_sub(1, Ordering::AcqRel);
-                let reason = if gone {
-                    FinishReason::Cancelled
-                } else {
-                    FinishReason::Deadline
-                };
-                let usage = Usage {
-                    prompt_tokens: len_u32(job.prompt.len()),
-                    queue: now - job.received,
-                    ..Usage::default()
-                };
-                let _ = job.events.send(Event::Done {
-                    reason,
-                    usage,
-                    error: None,
+        let mut gone = std::mem::take(&mut self.gone);
+        self.waiting.remove_if(
+            |job| job.events.is_closed() || job.deadline.is_some_and(|d| d <= now),
+            &mut gone,
+        );
+        for (job, _) in gone.drain(..) {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            let reason = if job.events.is_closed() {
+                FinishReason::Cancelled
+            } else {
+                self.stats.expired_in_queue.fetch_add(1, Ordering::Relaxed);
+                FinishReason::Deadline
+            };
+            debug!(target: "queue", request_id = %job.request_id, ?reason, "left the queue before a slot");
+            let usage = Usage {
+                prompt_tokens: len_u32(job.prompt.len()),
+                queue: now - job.received,
+                ..Usage::default()
+            };
+            self.stats
+                .requests_completed
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = job.events.send(Event::Done {
+                reason,
+                usage,
+                error: None,
+            });
+        }
+        self.gone = gone;
+    }
+
+    /// Pauses batch sequences when interactive requests wait and no slot is free.
+    fn preempt(&mut self) {
+        if !self.spec.queue.preemption || self.waiting.interactive_waiting() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if self.waiting.next_rank(now) != Some(admission::Rank::Interactive) {
+            return;
+        }
+        let free = self.slots.iter().filter(|s| s.is_none()).count();
+        if free >= self.waiting.interactive_waiting() {
+            return;
+        }
+        self.running.clear();
+        for (slot, a) in self.slots.iter().enumerate() {
+            if let Some(a) = a {
+                self.running.push(Running {
+                    slot,
+                    priority: a.ticket.priority,
+                    admitted: a.admitted,
+                    waited: a.waited,
                 });
-                self.stats
-                    .requests_completed
-                    .fetch_add(1, Ordering::Relaxed);
             }
-            !(gone || expired)
+        }
+        let mut running = std::mem::take(&mut self.running);
+        let wait = self.spec.queue.batch_max_wait;
+        for slot in admission::victims(self.waiting.interactive_waiting(), free, &mut running, wait)
+        {
+            self.pause(slot, now);
+        }
+        self.running = running;
+    }
+
+    /// Swaps a slot's KV state to host memory and frees the slot. The sampler, the text streamer
+    /// and the pending token stay with the request, so it resumes exactly where it stopped.
+    fn pause(&mut self, i: usize, now: Instant) {
+        let state = match self.ctx.state_seq_get(seq(i), LlamaStateSeqFlags::empty()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(target: "queue", slot = i, error = %e, "could not save a sequence's state; not pausing it");
+                return;
+            }
+        };
+        let Some(mut active) = self.slots[i].take() else {
+            return;
+        };
+        self.clear_slot_kv(i);
+        active.preemptions += 1;
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        debug!(target: "queue", request_id = %active.job.request_id, slot = i, n_past = active.n_past, state_bytes = state.byte_len(), "paused for interactive work");
+        self.paused.push_back(Paused {
+            active,
+            state,
+            since: now,
         });
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
-            let Some(job) = self.waiting.pop_front() else {
+    }
+
+    fn clear_slot_kv(&mut self, i: usize) {
+        self.cached[i].clear();
+        if self
+            .ctx
+            .clear_kv_cache_seq(Some(i as u32), None, None)
+            .is_err()
+        {
+            warn!(target: "engine", slot = i, "could not clear the slot's KV cache");
+        }
+    }
+
+    /// A free slot for new work: one that caches nothing if there is one, else any free slot
+    /// (its cache is dropped).
+    fn free_slot(&mut self) -> Option<usize> {
+        let i = self
+            .slots
+            .iter()
+            .zip(&self.cached)
+            .position(|(s, c)| s.is_none() && c.is_empty())
+            .or_else(|| self.slots.iter().position(Option::is_none))?;
+        if !self.cached[i].is_empty() {
+            self.clear_slot_kv(i);
+        }
+        Some(i)
+    }
+
+    /// Fills free slots: paused work or the queue's next request, in the order admission says.
+    fn admit(&mut self) {
+        let wait = self.spec.queue.batch_max_wait;
+        while self.slots.iter().any(Option::is_none) {
+            let now = Instant::now();
+            let next = self.waiting.next_rank(now);
+            let resume = self.paused.front().is_some_and(|p| {
+                admission::resume_before(next, p.active.waited + (now - p.since), wait)
+            });
+            if resume {
+                let Some(p) = self.paused.pop_front() else {
+                    break;
+                };
+                self.resume(p, now);
+                continue;
+            }
+            let Some((job, ticket)) = self.waiting.pop(now) else {
                 break;
             };
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
-            let mut sampler = build_sampler(&job.sampling, self.model.n_vocab());
-            sampler.accept_many(job.prompt.iter().map(|&t| LlamaToken(t)));
-            debug!(target: "engine", request_id = %job.request_id, slot = free, prompt_tokens = job.prompt.len(), "slot assigned");
-            self.slots[free] = Some(Active {
-                streamer: TextStreamer::new(&job.stop),
-                job,
-                sampler,
-                prefilled: 0,
-                n_past: 0,
-                next: None,
-                generated: 0,
-                pending_ids: Vec::new(),
-                admitted: Instant::now(),
-                first_token: None,
-                logits_at: None,
-            });
+            self.place(job, ticket, now);
         }
-        self.stats
-            .busy_slots
-            .store(len_u32(self.busy()), Ordering::Relaxed);
+        self.publish_gauges();
     }
 
-    /// Ends slots whose client has gone or whose deadline has passed.
+    fn resume(&mut self, p: Paused, now: Instant) {
+        let Some(i) = self.free_slot() else {
+            self.paused.push_front(p);
+            return;
+        };
+        let Paused {
+            mut active,
+            state,
+            since,
+        } = p;
+        active.waited += now - since;
+        match self.ctx.state_seq_set(&state, seq(i)) {
+            Ok(()) => {
+                debug!(target: "queue", request_id = %active.job.request_id, slot = i, "resumed");
+                self.slots[i] = Some(active);
+            }
+            Err(e) => {
+                self.slots[i] = Some(active);
+                self.finish(
+                    i,
+                    FinishReason::Error,
+                    Some(format!("could not restore a paused sequence: {e}")),
+                );
+            }
+        }
+    }
+
+    /// Gives a new request a slot, reusing an idle slot's cached prefix when it shares enough.
+    fn place(&mut self, job: Job, ticket: Ticket, now: Instant) {
+        let min = self.spec.queue.prefix_reuse_min_tokens as usize;
+        let mut reuse = None;
+        if min > 0 {
+            let best = self
+                .slots
+                .iter()
+                .zip(&self.cached)
+                .enumerate()
+                .filter(|(_, (s, c))| s.is_none() && !c.is_empty())
+                .map(|(i, (_, c))| (i, common_prefix(c, &job.prompt)))
+                .max_by_key(|&(_, n)| n);
+            if let Some((i, n)) = best {
+                // At least one prompt token is decoded, for the logits of the first sample.
+                let n = n.min(job.prompt.len().saturating_sub(1));
+                if n >= min {
+                    reuse = Some((i, n));
+                }
+            }
+        }
+        let (i, history, reused) = match reuse {
+            Some((i, n)) => {
+                let ok = u32::try_from(n)
+                    .ok()
+                    .and_then(|p0| self.ctx.kv_cache_seq_rm(seq(i), Some(p0), None).ok())
+                    .is_some();
+                if ok {
+                    let mut h = std::mem::take(&mut self.cached[i]);
+                    h.truncate(n);
+                    (i, h, n)
+                } else {
+                    self.clear_slot_kv(i);
+                    (i, Vec::new(), 0)
+                }
+            }
+            None => match self.free_slot() {
+                Some(i) => (i, Vec::new(), 0),
+                None => {
+                    // Unreachable: admit only places while a slot is free. Keep the job.
+                    self.stats.queued.fetch_add(1, Ordering::AcqRel);
+                    self.waiting.push(job, ticket);
+                    return;
+                }
+            },
+        };
+        let mut history = history;
+        // One allocation per request at most: the history never outgrows the slot's context.
+        let want =
+            (job.prompt.len() + job.max_tokens as usize).min(self.spec.ctx_per_slot as usize);
+        history.reserve(want.saturating_sub(history.len()));
+        let mut sampler = build_sampler(&job.sampling, self.model.n_vocab());
+        sampler.accept_many(job.prompt.iter().map(|&t| LlamaToken(t)));
+        self.stats
+            .tokens_prefix_reused
+            .fetch_add(reused as u64, Ordering::Relaxed);
+        debug!(target: "engine", request_id = %job.request_id, slot = i, prompt_tokens = job.prompt.len(), prefix_reused = reused, priority = ticket.priority.as_str(), "slot assigned");
+        self.slots[i] = Some(Active {
+            streamer: TextStreamer::new(&job.stop),
+            waited: now.saturating_duration_since(job.received),
+            job,
+            ticket,
+            sampler,
+            prefilled: reused,
+            n_past: i32::try_from(reused).unwrap_or(i32::MAX),
+            history,
+            next: None,
+            generated: 0,
+            pending_ids: Vec::new(),
+            admitted: now,
+            first_token: None,
+            last_token: None,
+            logits_at: None,
+            preemptions: 0,
+            cached_prompt: len_u32(reused),
+        });
+    }
+
+    /// Ends requests whose client has gone or whose deadline has passed, in slots or paused.
     fn reap(&mut self) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
@@ -305,6 +569,25 @@ impl Engine<'_> {
                 self.finish(i, FinishReason::Deadline, None);
             }
         }
+        let mut k = 0;
+        while k < self.paused.len() {
+            let job = &self.paused[k].active.job;
+            let reason = if job.events.is_closed() {
+                Some(FinishReason::Cancelled)
+            } else if job.deadline.is_some_and(|d| d <= now) {
+                Some(FinishReason::Deadline)
+            } else {
+                None
+            };
+            match (reason, self.paused.remove(k)) {
+                (Some(reason), Some(p)) => self.complete(p.active, reason, None),
+                (None, Some(p)) => {
+                    self.paused.insert(k, p);
+                    k += 1;
+                }
+                (_, None) => break,
+            }
+        }
     }
 
     /// One engine step: a decode token for every generating slot, then prefill chunks up to the
@@ -314,10 +597,19 @@ impl Engine<'_> {
         let budget = self.batch_budget();
         let mut sequences = 0u32;
         let mut prefilled = 0u64;
-        let mut in_batch = vec![false; self.slots.len()];
+        self.in_batch.iter_mut().for_each(|b| *b = false);
+        // While an interactive prompt is being prefilled, batch sequences sit the step out: the
+        // step is then as short as on an idle engine, so the interactive request's first token
+        // comes about as fast as when idle. Batch work loses one step per interactive arrival.
+        let interactive_first = self.slots.iter().flatten().any(|a| {
+            a.ticket.priority == Priority::Interactive && a.prefilled < a.job.prompt.len()
+        });
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
             a.logits_at = None;
+            if interactive_first && a.ticket.priority == Priority::Batch {
+                continue;
+            }
             if let Some(token) = a.next.take() {
                 a.logits_at = Some(self.batch.n_tokens());
                 // The batch holds at least one token per slot, so this cannot run out of space.
@@ -327,14 +619,18 @@ impl Engine<'_> {
                     continue;
                 }
                 a.n_past += 1;
+                a.history.push(token.0);
                 sequences += 1;
-                in_batch[i] = true;
+                self.in_batch[i] = true;
             }
         }
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
             let remaining = a.job.prompt.len() - a.prefilled;
             if remaining == 0 || a.logits_at.is_some() {
+                continue;
+            }
+            if interactive_first && a.ticket.priority == Priority::Batch {
                 continue;
             }
             let room = budget.saturating_sub(self.batch.n_tokens() as usize);
@@ -354,10 +650,12 @@ impl Engine<'_> {
                     .add(LlamaToken(a.job.prompt[idx]), a.n_past, &[seq(i)], last);
                 a.n_past += 1;
             }
+            a.history
+                .extend_from_slice(&a.job.prompt[a.prefilled..a.prefilled + take]);
             a.prefilled += take;
             prefilled += take as u64;
             sequences += 1;
-            in_batch[i] = true;
+            self.in_batch[i] = true;
         }
         if self.batch.n_tokens() == 0 {
             return;
@@ -368,18 +666,21 @@ impl Engine<'_> {
         stats
             .max_batch_sequences
             .fetch_max(sequences, Ordering::Relaxed);
+        stats.batch_sequences.observe(f64::from(sequences));
         stats
             .tokens_prefilled
             .fetch_add(prefilled, Ordering::Relaxed);
 
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             warn!(target: "engine", model = %self.spec.id, error = %e, "llama_decode failed; failing the requests in this step");
-            for (i, _) in in_batch.iter().enumerate().filter(|(_, &b)| b) {
-                self.finish(
-                    i,
-                    FinishReason::Error,
-                    Some(format!("llama_decode failed: {e}")),
-                );
+            for i in 0..self.in_batch.len() {
+                if self.in_batch[i] {
+                    self.finish(
+                        i,
+                        FinishReason::Error,
+                        Some(format!("llama_decode failed: {e}")),
+                    );
+                }
             }
             return;
         }
@@ -393,6 +694,11 @@ impl Engine<'_> {
             };
             let token = a.sampler.sample(&self.ctx, at);
             let now = Instant::now();
+            match a.last_token {
+                None => stats.ttft.observe((now - a.job.received).as_secs_f64()),
+                Some(t) => stats.inter_token.observe((now - t).as_secs_f64()),
+            }
+            a.last_token = Some(now);
             a.first_token.get_or_insert(now);
             if self.model.vocab().is_eog(token) {
                 self.finish(i, FinishReason::Stop, None);
@@ -436,11 +742,30 @@ impl Engine<'_> {
         self.spec.batch_tokens.max(self.spec.slots) as usize
     }
 
-    /// Sends the rest of the text and the final event, then frees the slot and its KV cells.
+    /// Ends the request in slot `i`. Its KV cells stay cached for prefix reuse when that is on
+    /// and the request ended cleanly; otherwise they are freed.
     fn finish(&mut self, i: usize, reason: FinishReason, error: Option<String>) {
         let Some(mut a) = self.slots[i].take() else {
             return;
         };
+        let keep = self.spec.queue.prefix_reuse_min_tokens > 0
+            && reason != FinishReason::Error
+            && a.history.len() >= self.spec.queue.prefix_reuse_min_tokens as usize;
+        if keep {
+            self.cached[i] = std::mem::take(&mut a.history);
+        } else {
+            self.clear_slot_kv(i);
+        }
+        // Counters first: a client that reads Admin.Status right after its final message must
+        // already see the slot free.
+        self.stats
+            .busy_slots
+            .store(len_u32(self.busy()), Ordering::Relaxed);
+        self.complete(a, reason, error);
+    }
+
+    /// Sends the rest of the text and the final event of a request that holds no slot now.
+    fn complete(&mut self, mut a: Active, reason: FinishReason, error: Option<String>) {
         let now = Instant::now();
         // Text held back for a possible stop sequence is final now (after a stop-sequence match
         // the streamer is already empty).
@@ -460,26 +785,21 @@ impl Engine<'_> {
                 .unwrap_or_default(),
             decode: a.first_token.map(|t| now - t).unwrap_or_default(),
             queue: a.admitted - a.job.received,
+            cached_prompt_tokens: a.cached_prompt,
+            preemptions: a.preemptions,
         };
-        debug!(target: "engine", request_id = %a.job.request_id, ?reason, completion_tokens = a.generated, "request finished");
+        debug!(target: "engine", request_id = %a.job.request_id, ?reason, completion_tokens = a.generated, preemptions = a.preemptions, "request finished");
+        self.stats
+            .requests_completed
+            .fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .paused
+            .store(len_u32(self.paused.len()), Ordering::Relaxed);
         let _ = a.job.events.send(Event::Done {
             reason,
             usage,
             error,
         });
-        if self
-            .ctx
-            .clear_kv_cache_seq(Some(i as u32), None, None)
-            .is_err()
-        {
-            warn!(target: "engine", slot = i, "could not clear the slot's KV cache");
-        }
-        self.stats
-            .requests_completed
-            .fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .busy_slots
-            .store(len_u32(self.busy()), Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,267 @@
+//! Prometheus metrics over plain HTTP on `server.metrics_listen`: `GET /metrics` answers the
+//! text exposition format, anything else 404. A few lines of HTTP/1.0 are all a scraper needs,
+//! so no HTTP framework is pulled in. Reads only counters; never request text.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appl_engine::HistogramSnapshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::api::AppState;
+
+/// Serves scrapes until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, &state).await {
+                        debug!(target: "api", error = %e, "metrics scrape failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, state: &AppState) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    let read = async {
+        while n < buf.len() {
+            let k = stream.read(&mut buf[n..]).await?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let head = &buf[..n];
+    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
+        ("200 OK", render(state))
+    } else {
+        ("404 Not Found", "not found; scrape /metrics\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (b, c) in h.bounds.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// Label values are ids from the config (validated ASCII), but escape anyway.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition text for the whole daemon.
+pub fn render(state: &AppState) -> String {
+    let mut out = String::with_capacity(8192);
+    let snaps: Vec<_> = state
+        .engines
+        .values()
+        .map(|e| {
+            (
+                format!("model=\"{}\"", esc(&e.spec().id)),
+                e.spec().slots,
+                e.stats(),
+            )
+        })
+        .collect();
+    type Field = fn(&appl_engine::StatsSnapshot) -> u64;
+    let gauges: [(&str, &str, Field); 3] = [
+        ("appl_busy_slots", "Slots holding a request.", |s| {
+            u64::from(s.busy_slots)
+        }),
+        (
+            "appl_paused_sequences",
+            "Batch sequences paused for interactive work.",
+            |s| u64::from(s.paused),
+        ),
+        (
+            "appl_queued_requests",
+            "Requests accepted and waiting for a slot.",
+            |s| u64::from(s.queued),
+        ),
+    ];
+    for (name, help, f) in gauges {
+        header(&mut out, name, "gauge", help);
+        for (l, _, s) in &snaps {
+            let _ = writeln!(out, "{name}{{{l}}} {}", f(s));
+        }
+    }
+    header(
+        &mut out,
+        "appl_slots",
+        "gauge",
+        "Sequence slots of the engine.",
+    );
+    for (l, slots, _) in &snaps {
+        let _ = writeln!(out, "appl_slots{{{l}}} {slots}");
+    }
+    header(
+        &mut out,
+        "appl_queue_depth",
+        "gauge",
+        "Requests waiting in the engine's queue, by class.",
+    );
+    for (l, _, s) in &snaps {
+        let _ = writeln!(
+            out,
+            "appl_queue_depth{{{l},class=\"interactive\"}} {}",
+            s.queued_interactive
+        );
+        let _ = writeln!(
+            out,
+            "appl_queue_depth{{{l},class=\"batch\"}} {}",
+            s.queued_batch
+        );
+    }
+    let counters: [(&str, &str, Field); 7] = [
+        ("appl_tokens_generated_total", "Tokens generated.", |s| {
+            s.tokens_generated
+        }),
+        (
+            "appl_tokens_prefilled_total",
+            "Prompt tokens prefilled.",
+            |s| s.tokens_prefilled,
+        ),
+        (
+            "appl_tokens_prefix_reused_total",
+            "Prompt tokens served from a cached prefix instead of prefilled.",
+            |s| s.tokens_prefix_reused,
+        ),
+        (
+            "appl_preemptions_total",
+            "Batch sequences paused for interactive work.",
+            |s| s.preemptions,
+        ),
+        (
+            "appl_engine_steps_total",
+            "Engine steps (llama_decode calls).",
+            |s| s.steps,
+        ),
+        (
+            "appl_requests_completed_total",
+            "Requests ended, for any reason.",
+            |s| s.requests_completed,
+        ),
+        (
+            "appl_queue_expired_total",
+            "Requests whose deadline passed while they waited.",
+            |s| s.expired_in_queue,
+        ),
+    ];
+    for (name, help, f) in counters {
+        header(&mut out, name, "counter", help);
+        for (l, _, s) in &snaps {
+            let _ = writeln!(out, "{name}{{{l}}} {}", f(s));
+        }
+    }
+    header(
+        &mut out,
+        "appl_rejections_total",
+        "counter",
+        "Requests refused with RESOURCE_EXHAUSTED, by reason.",
+    );
+    for (l, _, s) in &snaps {
+        let _ = writeln!(
+            out,
+            "appl_rejections_total{{{l},reason=\"queue_full\"}} {}",
+            s.rejected_queue_full
+        );
+    }
+    header(
+        &mut out,
+        "appl_tenant_rejections_total",
+        "counter",
+        "Requests refused with RESOURCE_EXHAUSTED by a tenant limit, by limit.",
+    );
+    let (conc, rate) = state.tenants.rejections();
+    let _ = writeln!(
+        out,
+        "appl_tenant_rejections_total{{reason=\"tenant_max_concurrent\"}} {conc}"
+    );
+    let _ = writeln!(
+        out,
+        "appl_tenant_rejections_total{{reason=\"tenant_tokens_per_minute\"}} {rate}"
+    );
+    type HistField = fn(&appl_engine::StatsSnapshot) -> &HistogramSnapshot;
+    let hists: [(&str, &str, HistField); 3] = [
+        (
+            "appl_time_to_first_token_seconds",
+            "From receipt to the first generated token.",
+            |s| &s.ttft,
+        ),
+        (
+            "appl_inter_token_seconds",
+            "Between consecutive tokens of one request.",
+            |s| &s.inter_token,
+        ),
+        (
+            "appl_batch_sequences",
+            "Sequences carried by one engine step.",
+            |s| &s.batch_sequences,
+        ),
+    ];
+    for (name, help, f) in hists {
+        header(&mut out, name, "histogram", help);
+        for (l, _, s) in &snaps {
+            histogram(&mut out, name, l, f(s));
+        }
+    }
+    header(
+        &mut out,
+        "appl_tenant_in_flight",
+        "gauge",
+        "Requests of a tenant queued or running.",
+    );
+    for (i, p) in state.tenants.policies().iter().enumerate() {
+        let id = appl_engine::TenantId(i as u32);
+        let _ = writeln!(
+            out,
+            "appl_tenant_in_flight{{tenant=\"{}\"}} {}",
+            esc(&p.name),
+            state.tenants.in_flight(id)
+        );
+    }
+    out
+}
