@@ -461,3 +461,26 @@ async fn a_paused_request_whose_client_leaves_is_dropped_at_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_unary_call_past_its_deadline_is_deadline_exceeded_and_frees_the_slot() {
+    let d = Daemon::start_with(Opts {
+        slots: 1,
+        ..Opts::default()
+    });
+    let mut c = d.inference().await;
+    let mut req = tonic::Request::new(greedy("Write a very long story about a dragon.", 500));
+    deadline(&mut req, "1500m");
+    let t0 = Instant::now();
+    let err = c
+        .generate(req)
+        .await
+        .expect_err("the deadline passes mid-generation");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("of 500 tokens"), "{}", err.message());
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    wait_for(&d, "the slot freed after the deadline", |s| {
+        s.busy_slots == 0
+    })
+    .await;
+}

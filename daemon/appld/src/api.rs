@@ -419,8 +419,37 @@ impl Api {
             Err(s) => return Err(ticket.refused(s).await),
         };
         let mut text = String::new();
-        let mut ids = Vec::new();
-        while let Some(ev) = rx.recv().await {
+        let mut ids: Vec<i32> = Vec::new();
+        // tonic cancels a unary call itself when its grpc-timeout expires, as CANCELLED. Answer
+        // DEADLINE_EXCEEDED a little before that; the engine notices the deadline only between
+        // steps.
+        let answer_by = p.deadline.map(|d| {
+            let margin = d
+                .saturating_duration_since(p.received)
+                .div_f64(10.0)
+                .min(Duration::from_millis(50));
+            tokio::time::Instant::from_std(d - margin)
+        });
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = sleep_until_opt(answer_by) => {
+                    drop(rx); // the engine frees the slot at its next step
+                    let usage = Usage {
+                        prompt_tokens: u32::try_from(p.prompt.len()).unwrap_or(u32::MAX),
+                        completion_tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                        ..Usage::default()
+                    };
+                    log_done(&p, FinishReason::Deadline, &usage);
+                    let status = Status::deadline_exceeded(format!(
+                        "the deadline passed after {} of {} tokens",
+                        ids.len(),
+                        p.max_tokens
+                    ));
+                    return ticket.finish(Err(status), FinishReason::Deadline, &usage).await;
+                }
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Event::Tokens { text: t, token_ids } => {
                     text.push_str(&t);
@@ -529,6 +558,14 @@ where
     let fut = f(tx);
     tokio::spawn(fut);
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn log_done(p: &Prepared, reason: FinishReason, usage: &Usage) {
