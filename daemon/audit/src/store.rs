@@ -105,12 +105,29 @@ pub enum FaultPoint {
 pub type FaultHook = Arc<dyn Fn(FaultPoint) -> std::io::Result<()> + Send + Sync>;
 
 pub(crate) fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, AuditError> {
-    Ok(sled::Config::new()
-        .path(dir.join(DB_DIR))
-        .cache_capacity(cache_bytes)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()?)
+    let open = || {
+        sled::Config::new()
+            .path(dir.join(DB_DIR))
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+    };
+    // sled releases its file lock from a background thread after the last handle is dropped, so
+    // a store closed a moment ago (a daemon that just exited, a reader just dropped) can still
+    // look locked for a few milliseconds. Wait briefly before calling it locked.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// What the writer keeps in memory, reloaded from disk after a failure.

@@ -17,7 +17,19 @@ fn verify(dir: &Path) -> VerifyReport {
 
 /// Opens the raw sled database, as an intruder with file access would.
 fn raw<T>(dir: &Path, f: impl FnOnce(&sled::Db) -> T) -> T {
-    let db = sled::open(dir.join(DB_DIR)).unwrap();
+    // sled drops its file lock from a background thread: retry briefly, as the library does.
+    let mut tries = 0;
+    let db = loop {
+        match sled::open(dir.join(DB_DIR)) {
+            Ok(db) => break db,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                eprintln!("retrying sled::open: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled::open: {e}"),
+        }
+    };
     let r = f(&db);
     db.flush().unwrap();
     r
