@@ -452,7 +452,14 @@ async fn a_paused_request_whose_client_leaves_is_dropped_at_once() {
     inter.next().await.expect("a chunk").expect("ok");
     wait_for(&d, "the batch request paused", |s| s.paused == 1).await;
     drop(batch);
+    let dropped = Instant::now();
     wait_for(&d, "the paused request gone", |s| s.paused == 0).await;
+    // Noticed at once, not when the interactive request finishes and the batch one resumes.
+    assert!(
+        dropped.elapsed() < Duration::from_secs(3),
+        "the paused request lingered {:?}",
+        dropped.elapsed()
+    );
     let s = d.engine_status().await;
     assert_eq!(s.busy_slots, 1, "the interactive request keeps its slot");
     drop(inter);

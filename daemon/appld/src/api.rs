@@ -1,5 +1,6 @@
 //! The gRPC layer: converts `appl.v1` messages to engine jobs and engine events back to
-//! messages. This is the only module of the daemon that sees wire types.
+//! messages. With `audit_rpc.rs` (the `appl.v1.Audit` service) it is the daemon's gRPC layer,
+//! the only part of the daemon that sees wire types.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -495,7 +496,18 @@ impl Api {
             Err(s) => return Err(ticket.refused(s).await),
         };
         let out = async_stream(move |tx| async move {
-            while let Some(ev) = rx.recv().await {
+            loop {
+                // A request that is queued or paused sends nothing for a while, so the client
+                // leaving must be noticed here too, not only when the next send fails.
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    () = tx.closed() => {
+                        drop(rx);
+                        ticket.client_gone().await;
+                        return;
+                    }
+                };
+                let Some(ev) = ev else { break };
                 let chunk = match ev {
                     Event::Tokens { text, token_ids } => {
                         ticket.sent_tokens(token_ids.len());
@@ -547,7 +559,7 @@ impl Api {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
 
-/// A stream fed by a task. When the client drops the stream, the task's sends fail and the task
+/// A stream fed by a task. When the client drops the stream, the channel closes and the task
 /// ends, dropping whatever it owns (here the engine event receiver).
 fn async_stream<F, Fut>(f: F) -> ChunkStream
 where
