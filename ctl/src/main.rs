@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status { json } => status(&cli.conn, json).await,
         Cmd::Check(args) => check::run(&args),
         Cmd::Plan(args) => plan::run(&args),
-        Cmd::Audit { cmd } => audit::run(&cmd),
+        Cmd::Audit { cmd } => audit::run(&cli.conn, &cmd).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! parallel and leave nothing behind.
 
 mod audit;
+mod audit_rpc;
 mod bad_input;
 mod batching;
 mod generate;

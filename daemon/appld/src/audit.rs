@@ -74,6 +74,18 @@ pub struct Caller {
     peer: Option<Ident>,
 }
 
+impl Caller {
+    /// The actor to record: the tenant, else the peer.
+    pub fn actor(&self) -> &Ident {
+        &self.actor
+    }
+
+    /// The peer address (`127.0.0.1:5000`, `unix:uid=0,gid=0`), if known.
+    pub fn peer(&self) -> Option<&Ident> {
+        self.peer.as_ref()
+    }
+}
+
 /// The audit log's state for `Admin.Status`.
 #[derive(Debug, Clone)]
 pub struct AuditStatus {
@@ -162,6 +174,16 @@ impl Auditor {
         self.models.get(id).copied()
     }
 
+    /// The audit log itself (readers, checkpoints and the public key for `appl.v1.Audit`).
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    /// Appends a record and returns once it is durable; `UNAVAILABLE` if it cannot be.
+    pub async fn record(&self, r: NewRecord) -> Result<u64, Status> {
+        self.append(r).await.map_err(|e| unavailable(&e))
+    }
+
     /// The audit store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -185,6 +207,11 @@ impl Auditor {
     /// `UNAVAILABLE` first if the log cannot write, so nothing is admitted unaudited.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         self.check_serving()?;
+        Self::identify(req)
+    }
+
+    /// [`Auditor::caller`] without the serving check (reads of the log need no write).
+    pub fn identify<T>(req: &Request<T>) -> Result<Caller, Status> {
         let peer = if let Some(a) = req.remote_addr() {
             Some(Ident::from(a))
         } else {

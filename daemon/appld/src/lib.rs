@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_rpc;
 pub mod config;
 pub mod metrics;
 pub mod queue;
@@ -19,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use appl_engine::{ChatTemplateSpec, EngineError, EngineHandle, ModelSpec};
-use appl_proto::v1::{admin_server::AdminServer, inference_server::InferenceServer};
+use appl_proto::v1::{
+    admin_server::AdminServer, audit_server::AuditServer, inference_server::InferenceServer,
+};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
@@ -304,10 +307,14 @@ pub async fn serve(
     let metrics_state = Arc::clone(&state);
     let auditor = Arc::new(auditor);
     let api = Api::new(state, auditor.clone());
+    let audit_rpc = audit_rpc::AuditRpc::new(auditor.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<InferenceServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
+    health_reporter
+        .set_serving::<AuditServer<audit_rpc::AuditRpc>>()
+        .await;
     // Inference (and the server as a whole) is NOT_SERVING while the audit log cannot write.
     let audit_health = auditor.watch_health(health_reporter.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -323,6 +330,7 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .add_service(InferenceServer::new(api.clone()))
             .add_service(AdminServer::new(api.clone()))
+            .add_service(AuditServer::new(audit_rpc.clone()))
             .add_service(health_service.clone())
             .add_service(reflection_v1.clone())
             .add_service(reflection_v1alpha.clone())
