@@ -31,7 +31,9 @@ until ctl health >/dev/null 2>&1; do sleep 0.2; done
 gen() { ctl generate "Story number $1: Once upon a time" --max-tokens "$N" --temperature 0 >/dev/null; }
 gen 0 # warm up
 t0=$(date +%s.%N); gen 1; t1=$(date +%s.%N)
-for i in $(seq 8); do gen "$i" & done; wait
+gens=()
+for i in $(seq 8); do gen "$i" & gens+=($!); done
+wait "${gens[@]}"
 t2=$(date +%s.%N)
 python3 - "$t0" "$t1" "$t2" "$N" <<'PY'
 import sys
