@@ -12,4 +12,7 @@ cargo fmt --all -- --check
 # Lint with `cargo clippy --workspace --all-targets -- -D warnings` before committing. It is not
 # run here: clippy's check build resolves llama-cpp-sys-2 differently from the test build, so it
 # would compile llama.cpp a second time (8+ minutes on a 2-core CI machine).
+# Build every target first: some end-to-end tests run the applctl binary, which `cargo test`
+# alone does not build. Same features as the test build, so llama.cpp is compiled once.
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
