@@ -287,6 +287,24 @@ impl Auditor {
         Ok(r)
     }
 
+    /// A request record that also carries the prompt's token count and keyed digest.
+    #[allow(clippy::too_many_arguments)]
+    fn prompt_record(
+        &self,
+        caller: &Caller,
+        action: Action,
+        phase: Phase,
+        request_id: &str,
+        model: &str,
+        prompt_tokens: usize,
+        prompt_hmac: Digest,
+    ) -> Result<NewRecord, Status> {
+        let mut r = self.request_record(caller, action, phase, request_id, model)?;
+        r.prompt_tokens = Some(u32::try_from(prompt_tokens).unwrap_or(u32::MAX));
+        r.prompt_hmac = Some(prompt_hmac);
+        Ok(r)
+    }
+
     /// Writes the `admitted` record and returns once it is durable. Only then may the job go
     /// to an engine.
     #[allow(clippy::too_many_arguments)]
@@ -300,9 +318,15 @@ impl Auditor {
         prompt_hmac: Digest,
         received: Instant,
     ) -> Result<Ticket, Status> {
-        let mut r = self.request_record(caller, action, Phase::Admitted, request_id, model)?;
-        r.prompt_tokens = Some(u32::try_from(prompt_tokens).unwrap_or(u32::MAX));
-        r.prompt_hmac = Some(prompt_hmac);
+        let r = self.prompt_record(
+            caller,
+            action,
+            Phase::Admitted,
+            request_id,
+            model,
+            prompt_tokens,
+            prompt_hmac,
+        )?;
         let mut completed = r.clone();
         completed.phase = Phase::Completed;
         completed.prompt_hmac = None;
@@ -330,9 +354,15 @@ impl Auditor {
         prompt_hmac: Digest,
         received: Instant,
     ) -> Result<(), Status> {
-        let mut r = self.request_record(caller, action, Phase::Event, request_id, model)?;
-        r.prompt_tokens = Some(u32::try_from(prompt_tokens).unwrap_or(u32::MAX));
-        r.prompt_hmac = Some(prompt_hmac);
+        let mut r = self.prompt_record(
+            caller,
+            action,
+            Phase::Event,
+            request_id,
+            model,
+            prompt_tokens,
+            prompt_hmac,
+        )?;
         r.status = Some(0);
         r.latency_us = Some(micros(received.elapsed()));
         self.append(r).await.map(drop).map_err(|e| unavailable(&e))
