@@ -21,13 +21,15 @@
 //! `AUDIT_BENCH_DIR` where the audit store goes (default a temporary directory under
 //! `target/`, on the real disk), `APPL_TEST_MODEL` the GGUF.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use appl_proto::v1 as pb;
+
+// The e2e tests' harness starts the daemon; only part of it is used here.
+#[allow(dead_code)]
+#[path = "../tests/e2e/harness.rs"]
+mod harness;
 
 fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
     std::env::var(k)
@@ -36,19 +38,30 @@ fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
         .unwrap_or(d)
 }
 
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("APPL_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(std::env::var("HOME").unwrap_or_default())
-        .join(".cache/appl/models/gemma-3-270m-q4_k_m.gguf")
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Audited {
     admitted_us: u64,
     completed_us: u64,
     latency_us: u64,
+}
+
+/// The `request audited` lines the daemon has logged so far, parsed.
+fn audited(d: &harness::Daemon) -> Vec<Audited> {
+    d.logs
+        .lock()
+        .expect("log lock")
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["message"] == "request audited")
+        .map(|v| {
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            Audited {
+                admitted_us: n("admitted_us"),
+                completed_us: n("completed_us"),
+                latency_us: n("latency_us"),
+            }
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -68,70 +81,14 @@ fn main() {
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     std::fs::create_dir_all(&base).expect("bench dir");
     let dir = tempfile::tempdir_in(&base).expect("tempdir");
-    let config = dir.path().join("appld.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-socket = ""
-[log]
-format = "json"
-[audit]
-dir = "{audit}"
-[[models]]
-id = "gemma-3-270m"
-path = "{model}"
-slots = {clients}
-ctx_per_slot = 512
-batch_tokens = 256
-threads = {threads}
-chat_template = "gemma"
-"#,
-            audit = dir.path().join("audit").display(),
-            model = model_path().display(),
-        ),
-    )
-    .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_appld"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn,appld=info,audit=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn appld");
-    let audited: Arc<Mutex<Vec<Audited>>> = Arc::default();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    {
-        let stderr = child.stderr.take().expect("piped");
-        let audited = audited.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                match v["message"].as_str() {
-                    Some("ready") => {
-                        let _ = ready_tx.send(v["tcp"].as_str().unwrap_or_default().to_owned());
-                    }
-                    Some("request audited") => {
-                        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-                        audited.lock().expect("lock").push(Audited {
-                            admitted_us: n("admitted_us"),
-                            completed_us: n("completed_us"),
-                            latency_us: n("latency_us"),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
-    let tcp = ready_rx
-        .recv_timeout(Duration::from_secs(180))
-        .expect("appld became ready");
+    let d = harness::Daemon::start_with(harness::Opts {
+        slots: u32::try_from(clients).expect("clients fit u32"),
+        threads,
+        audit_dir: Some(dir.path().join("audit")),
+        log_filter: "warn,appld=info,audit=debug".to_owned(),
+        ..harness::Opts::default()
+    });
+    let tcp = d.tcp;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -163,7 +120,7 @@ chat_template = "gemma"
         (clients, 4, per_client),
         (clients, 32, per_client),
     ] {
-        audited.lock().expect("lock").clear();
+        let before = audited(&d).len();
         let started = Instant::now();
         rt.block_on(async {
             let ch = tonic::transport::Endpoint::from_shared(format!("http://{tcp}"))
@@ -197,7 +154,7 @@ chat_template = "gemma"
         // The debug line is written just before the response goes out; give the reader thread
         // a moment to catch up.
         std::thread::sleep(Duration::from_millis(300));
-        let got = audited.lock().expect("lock").clone();
+        let got = audited(&d)[before..].to_vec();
         let n = got.len();
         let lat: u64 = got.iter().map(|a| a.latency_us).sum();
         let aud: u64 = got.iter().map(|a| a.admitted_us + a.completed_us).sum();
@@ -220,6 +177,4 @@ chat_template = "gemma"
             wall.as_secs_f64()
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }

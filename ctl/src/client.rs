@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
 /// Where the daemon is.
 #[derive(Debug, clap::Args)]
@@ -36,17 +35,7 @@ impl ConnArgs {
                 .await
                 .with_context(|| format!("cannot reach appld at {addr}; is it running?"));
         }
-        let path = self.socket.clone();
-        // The URI is required by the API but unused: the connector dials the socket.
-        Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        appl_proto::client::connect_unix(&self.socket)
             .await
             .with_context(|| {
                 format!(

@@ -4,10 +4,38 @@
 //! types to domain types at the edge; the engine, scheduler, audit store and sizing rules never
 //! see them.
 
+#![forbid(unsafe_code)]
+
 /// Generated code for the `appl.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
 pub mod v1 {
     tonic::include_proto!("appl.v1");
+}
+
+/// Connecting a client to appld.
+pub mod client {
+    use std::path::PathBuf;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    /// A channel to appld over its Unix socket (`/run/appl/appld.sock` on an installed system).
+    pub async fn connect_unix(
+        path: impl Into<PathBuf>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let path = path.into();
+        // The URI is required by the API but unused: the connector dials the socket.
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+    }
 }
 
 /// The encoded `FileDescriptorSet` of `appl.v1`, for gRPC server reflection.

@@ -9,8 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use appl_proto::v1 as pb;
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
 pub const APPLD: &str = env!("CARGO_BIN_EXE_appld");
 
@@ -49,6 +48,8 @@ pub struct Opts {
     pub threads: u32,
     /// `server.drain_timeout_secs`.
     pub drain_timeout_secs: u64,
+    /// The daemon's `RUST_LOG` filter.
+    pub log_filter: String,
 }
 
 impl Default for Opts {
@@ -63,6 +64,7 @@ impl Default for Opts {
             extra_config: String::new(),
             threads: 1,
             drain_timeout_secs: 30,
+            log_filter: "info,llama.cpp=warn,ggml=warn".to_owned(),
         }
     }
 }
@@ -169,7 +171,7 @@ impl Daemon {
         let mut child = Command::new(APPLD)
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info,llama.cpp=warn,ggml=warn")
+            .env("RUST_LOG", &o.log_filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -240,16 +242,7 @@ impl Daemon {
 
     /// A channel over the daemon's Unix socket.
     pub async fn channel(&self) -> Channel {
-        let path = self.socket.clone();
-        Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        appl_proto::client::connect_unix(&self.socket)
             .await
             .expect("connect over the unix socket")
     }
