@@ -15,7 +15,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use appl_engine::admission::{Priority, Queue, TenantId, Ticket};
+use appl_engine::admission::{Claim, Priority, Queue, TenantId};
 use appl_proto::v1 as pb;
 use futures::StreamExt;
 use harness::{greedy, Daemon, Opts};
@@ -157,7 +157,7 @@ fn bookkeeping_ns() -> f64 {
     for i in 0..n {
         q.push(
             i,
-            Ticket {
+            Claim {
                 tenant: TenantId(i % 4),
                 weight: 1 + i % 3,
                 priority: if i % 5 == 0 {

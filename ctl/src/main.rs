@@ -3,6 +3,8 @@
 //! It talks to `appld` over the local Unix socket by default, or over TCP with `--addr`. Read
 //! commands accept `--json`. Exit codes: 0 success, 1 failure, 2 usage error.
 
+#![forbid(unsafe_code)]
+
 mod audit;
 mod check;
 mod client;
@@ -488,5 +490,31 @@ fn quantile_text(h: Option<&pb::Histogram>, q: f64) -> String {
         None => "-".to_owned(),
         Some(v) if v.is_infinite() => "inf".to_owned(),
         Some(v) => format!("<={:.0}ms", v * 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        // Observations 0.5, 1.0, 1.5, 3.0, 9.0 in buckets <=1, <=2, <=4 (+Inf).
+        let h = pb::Histogram {
+            bounds: vec![1.0, 2.0, 4.0],
+            counts: vec![2, 3, 4],
+            count: 5,
+            sum: 15.0,
+        };
+        assert_eq!(quantile(Some(&h), 0.5), Some(2.0));
+        assert_eq!(quantile(Some(&h), 1.0), Some(f64::INFINITY));
+        let empty = pb::Histogram {
+            bounds: vec![1.0],
+            counts: vec![0],
+            count: 0,
+            sum: 0.0,
+        };
+        assert_eq!(quantile(Some(&empty), 0.5), None);
+        assert_eq!(quantile(None, 0.5), None);
     }
 }

@@ -20,15 +20,15 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::harness::{greedy, Daemon, Opts};
 
 /// What a stopped daemon's store holds, after it verified.
-struct Store {
+pub(crate) struct Store {
     key: VerifyingKey,
-    records: Vec<StoredRecord>,
+    pub(crate) records: Vec<StoredRecord>,
     checkpoint_sizes: Vec<u64>,
 }
 
 /// Opens a stopped daemon's store, verifies all of it (signatures, hashes, order, roots) and
 /// reads every record.
-fn read_verified(dir: &Path) -> Store {
+pub(crate) fn read_verified(dir: &Path) -> Store {
     let reader = StoreReader::open(dir).expect("open the stopped daemon's audit store");
     let key = reader.public_key().expect("the store's public key");
     let report = appl_audit::verify_store(&reader, &key).expect("verify the store");

@@ -9,6 +9,7 @@ mod bad_input;
 mod batching;
 mod generate;
 mod harness;
+mod lifecycle;
 mod queue;
 mod sizing;
 mod startup;

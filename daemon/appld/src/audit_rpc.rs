@@ -19,7 +19,6 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +34,10 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
-use crate::audit::{Auditor, Caller};
+use crate::api::convert::audit_status;
+use crate::audit::{micros, Auditor};
+use crate::identity::Caller;
+use crate::state::RequestIds;
 
 /// Records `Tail` returns when the request asks for 0.
 const DEFAULT_TAIL: usize = 20;
@@ -50,21 +52,21 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 #[derive(Debug, Clone)]
 pub struct AuditRpc {
     audit: Arc<Auditor>,
-    exports: Arc<AtomicU64>,
+    ids: Arc<RequestIds>,
 }
 
 impl AuditRpc {
     pub fn new(audit: Arc<Auditor>) -> Self {
         Self {
             audit,
-            exports: Arc::new(AtomicU64::new(0)),
+            ids: Arc::new(RequestIds::new()),
         }
     }
 
     /// Lets Unix socket callers through; refuses TCP callers with `PERMISSION_DENIED` and
     /// records the refusal (best effort: the refusal stands even if it cannot be recorded).
     async fn authorize<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
-        let caller = Auditor::identify(req)?;
+        let caller = Caller::of_grpc(req)?;
         if req.extensions().get::<UdsConnectInfo>().is_some() {
             return Ok(caller);
         }
@@ -77,8 +79,8 @@ impl AuditRpc {
         r.peer = caller.peer().cloned();
         r.status = Some(tonic::Code::PermissionDenied as u32);
         r.reason = Ident::new("audit_api_unix_socket_only").ok();
-        if let Err(s) = self.audit.record(r).await {
-            warn!(target: "audit", error = %s.message(), "could not record a refused audit API call");
+        if let Err(e) = self.audit.append(r).await {
+            warn!(target: "audit", error = %e, "could not record a refused audit API call");
         }
         warn!(target: "audit", method, peer = %caller.actor(), "audit API refused: not on the Unix socket");
         Err(Status::permission_denied(
@@ -88,28 +90,8 @@ impl AuditRpc {
     }
 
     fn request_id(&self) -> String {
-        let n = self.exports.fetch_add(1, Ordering::Relaxed);
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!("export-{secs:x}-{}-{n}", std::process::id())
+        self.ids.next("export-")
     }
-}
-
-/// A stable gRPC code for each audit error, with its reason string in the message.
-fn status_of(e: &AuditError) -> Status {
-    let msg = format!("{e} (reason: {})", e.reason());
-    match e {
-        AuditError::Unavailable(_) | AuditError::Closed => Status::unavailable(msg),
-        AuditError::InvalidField { .. } => Status::invalid_argument(msg),
-        AuditError::Export(_) => Status::failed_precondition(msg),
-        AuditError::Corrupt(_) => Status::data_loss(msg),
-        AuditError::Store(_) | AuditError::Io { .. } | AuditError::Key(_) => Status::internal(msg),
-    }
-}
-
-fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn joined(e: tokio::task::JoinError) -> Status {
@@ -140,7 +122,7 @@ fn export_params(r: &pb::ExportRequest) -> Result<(ExportFilter, Format), Status
         actor,
         action: (!r.action.is_empty()).then(|| r.action.clone()),
     };
-    filter.validate().map_err(|e| status_of(&e))?;
+    filter.validate().map_err(audit_status)?;
     let format = if r.format.is_empty() {
         Format::Jsonl
     } else {
@@ -212,7 +194,7 @@ impl pb::audit_server::Audit for AuditRpc {
         let records = tokio::task::spawn_blocking(move || log.tail(n))
             .await
             .map_err(joined)?
-            .map_err(|e| status_of(&e))?
+            .map_err(audit_status)?
             .into_iter()
             .map(|r| {
                 String::from_utf8(r.record.canonical_bytes())
@@ -234,7 +216,7 @@ impl pb::audit_server::Audit for AuditRpc {
         let request_id = self.request_id();
         let span = tracing::info_span!(target: "audit", "audit_export", request_id = %request_id);
         // On record, durably, before any data leaves; the log must be able to write.
-        self.audit.check_serving()?;
+        self.audit.check_serving().map_err(audit_status)?;
         let mut admitted = NewRecord::new(
             Action::AuditExport,
             Phase::Admitted,
@@ -248,20 +230,25 @@ impl pb::audit_server::Audit for AuditRpc {
         );
         let mut completed = admitted.clone();
         completed.phase = Phase::Completed;
-        self.audit.record(admitted).instrument(span.clone()).await?;
+        self.audit
+            .append(admitted)
+            .instrument(span.clone())
+            .await
+            .map_err(audit_status)?;
         // Sign a checkpoint over everything durable now, this export's own record included.
         let log = self.audit.log();
         let reader = match log.checkpoint_now().await.and_then(|_| log.reader()) {
             Ok(r) => r,
             Err(e) => {
-                let s = status_of(&e);
                 warn!(target: "audit", request_id = %request_id, error = %e, "export failed");
+                let reason = e.reason();
+                let s = audit_status(e);
                 completed.status = Some(s.code() as u32);
-                completed.reason = Ident::new(e.reason()).ok();
-                completed.latency_us = Some(micros(received));
+                completed.reason = Ident::new(reason).ok();
+                completed.latency_us = Some(micros(received.elapsed()));
                 // Best effort: the client is told of the first failure either way.
-                if let Err(r) = self.audit.record(completed).await {
-                    warn!(target: "audit", error = %r.message(), "could not record a failed export");
+                if let Err(r) = self.audit.append(completed).await {
+                    warn!(target: "audit", error = %r, "could not record a failed export");
                 }
                 return Err(s);
             }
@@ -305,7 +292,7 @@ impl pb::audit_server::Audit for AuditRpc {
                 Ok(Ok(m)) => serde_json::to_string_pretty(&m)
                     .map(|json| (m, json))
                     .map_err(|e| Status::internal(format!("manifest: {e}"))),
-                Ok(Err(e)) => Err(status_of(&e)),
+                Ok(Err(e)) => Err(audit_status(e)),
                 Err(e) => Err(joined(e)),
             };
             // The completed record is durable before the client gets the last chunk.
@@ -319,8 +306,8 @@ impl pb::audit_server::Audit for AuditRpc {
                 "export_failed"
             })
             .ok();
-            completed.latency_us = Some(micros(received));
-            let recorded = audit.record(completed).await;
+            completed.latency_us = Some(micros(received.elapsed()));
+            let recorded = audit.append(completed).await.map_err(audit_status);
             let last = match (result, recorded) {
                 (Ok((m, manifest)), Ok(_)) => {
                     info!(target: "audit", records = m.count, checkpoint = m.checkpoint.size,
@@ -358,7 +345,7 @@ impl pb::audit_server::Audit for AuditRpc {
         })
         .await
         .map_err(joined)?
-        .map_err(|e| status_of(&e))?;
+        .map_err(audit_status)?;
         info!(target: "audit", ok = report.ok, records = report.records,
             ms = started.elapsed().as_millis() as u64, "live store verified");
         let report_json = serde_json::to_string_pretty(&report)

@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use appl_engine::QueuePolicy;
 use serde::Deserialize;
 
 /// A configuration problem. Its message names the file and the key.
@@ -40,13 +43,49 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// `[queue]`: priorities, preemption, prefix reuse.
     #[serde(default)]
-    pub queue: crate::queue::QueueConfig,
+    pub queue: QueueConfig,
     /// `[[tenants]]`: weights, limits and default priorities. Requests name their tenant in the
     /// `x-appl-tenant` metadata; unknown tenants share the `default` tenant.
     #[serde(default)]
-    pub tenants: Vec<crate::queue::TenantConfig>,
+    pub tenants: Vec<crate::tenants::TenantConfig>,
     #[serde(default)]
     pub audit: AuditSettings,
+}
+
+/// `[queue]`: how engines order, pause and reuse work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Batch work that has waited this long (queued plus paused) goes before new interactive
+    /// work and is not paused again.
+    pub batch_max_wait_ms: u64,
+    /// Pause batch sequences (KV swapped to host memory) for interactive requests when every
+    /// slot is busy.
+    pub preemption: bool,
+    /// Reuse an idle slot's cached KV for a prompt that shares at least this many leading
+    /// tokens with it; 0 disables.
+    pub prefix_reuse_min_tokens: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let d = QueuePolicy::default();
+        Self {
+            batch_max_wait_ms: d.batch_max_wait.as_millis() as u64,
+            preemption: d.preemption,
+            prefix_reuse_min_tokens: d.prefix_reuse_min_tokens,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn policy(&self) -> QueuePolicy {
+        QueuePolicy {
+            batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
+            preemption: self.preemption,
+            prefix_reuse_min_tokens: self.prefix_reuse_min_tokens,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +338,7 @@ impl Config {
                 "must be an IP address and port, such as \"127.0.0.1:9464\", or empty",
             ));
         }
-        if let Err((key, reason)) = crate::queue::validate_tenants(&self.tenants) {
+        if let Err((key, reason)) = crate::tenants::validate_tenants(&self.tenants) {
             return Err(invalid(key, reason));
         }
         if s.socket_mode > 0o777 {

@@ -1,10 +1,12 @@
-//! The `appld` binary: flags, config, logging, sockets; everything else is in the library.
+//! The `appld` binary: flags, config, logging, sockets; everything else is in the library
+//! ([`appld::run`]).
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use appld::audit::Auditor;
 use appld::config::{Config, LogFormat};
 use appld::{Listeners, StartupError};
 use clap::Parser;
@@ -80,42 +82,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&config).await?;
-        // The audit log opens before any model loads; nothing is served unless it can write.
-        let mut auditor = Auditor::open(&config.audit)
-            .await
-            .map_err(StartupError::from)?;
-        // Hash the GGUF files (for the audit records) while llama.cpp loads them.
-        let hashing = {
-            let config = config.clone();
-            std::thread::Builder::new()
-                .name("model-sha256".into())
-                .spawn(move || appld::audit::hash_models(&config))
-                .context("starting the model hashing thread")?
-        };
-        let loaded = tokio::task::block_in_place(|| appld::load_models(&config));
-        let digests = hashing
-            .join()
-            .map_err(|_| anyhow::anyhow!("the model hashing thread panicked"));
-        let (engines, digests) = match (loaded, digests) {
-            (Ok(e), Ok(Ok(d))) => (e, d),
-            (Err(e), _) => {
-                auditor.stop_startup_failed().await;
-                return Err(e.into());
-            }
-            (_, Ok(Err(e))) => {
-                auditor.stop_startup_failed().await;
-                return Err(StartupError::from(e).into());
-            }
-            (_, Err(e)) => {
-                auditor.stop_startup_failed().await;
-                return Err(e);
-            }
-        };
-        auditor
-            .models_loaded(digests)
-            .await
-            .map_err(StartupError::from)?;
-        appld::serve(&config, engines, auditor, listeners, shutdown_signal()).await
+        appld::run(config, listeners, shutdown_signal()).await
     })
 }
 

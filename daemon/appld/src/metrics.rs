@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Serves scrapes until `stop` turns true.
 pub async fn serve(

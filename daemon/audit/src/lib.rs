@@ -64,6 +64,8 @@
 //! proves that a write and a flush succeed; then it is `Healthy` again by itself. Acknowledged
 //! records were flushed before they were acknowledged, so none is lost.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod error;
 pub mod export;

@@ -17,6 +17,7 @@
 pub mod admission;
 pub mod metrics;
 mod text;
+mod thread;
 mod worker;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+use thread::{EngineThread, Msg};
+
 pub use admission::{Priority, TenantId};
 pub use metrics::{Histogram, HistogramSnapshot};
 pub use text::{Pushed, TextStreamer};
@@ -36,6 +39,8 @@ pub use worker::check_gguf_file;
 /// Errors from loading a model or preparing a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("model file {path} does not exist; check `path` in the config, or fetch the demo model with scripts/fetch-model.sh")]
+    ModelMissing { path: PathBuf },
     #[error("model file {path}: {reason}")]
     ModelFile { path: PathBuf, reason: String },
     #[error("llama.cpp could not load {path} as a model; the file is not a complete, valid GGUF model (see the llama.cpp log lines before this one)")]
@@ -50,6 +55,8 @@ pub enum EngineError {
     Stopped(String),
     #[error("model {model}: the request queue is full ({capacity} waiting); retry later")]
     QueueFull { model: String, capacity: u32 },
+    #[error("the engine thread for model {model} did not stop within {waited:?}")]
+    StopTimeout { model: String, waited: Duration },
 }
 
 /// Where the chat template comes from.
@@ -217,6 +224,9 @@ pub struct EngineStats {
     pub inter_token: Histogram,
     /// Sequences per engine step.
     pub batch_sequences: Histogram,
+    /// When the engine loop last went round, in milliseconds since the engine started: the
+    /// heartbeat a watchdog reads ([`EngineHandle::heartbeat`]).
+    pub heartbeat_ms: AtomicU64,
 }
 
 impl Default for EngineStats {
@@ -239,6 +249,7 @@ impl Default for EngineStats {
             ttft: Histogram::new(metrics::LATENCY_BOUNDS),
             inter_token: Histogram::new(metrics::LATENCY_BOUNDS),
             batch_sequences: Histogram::new(metrics::BATCH_BOUNDS),
+            heartbeat_ms: AtomicU64::new(0),
         }
     }
 }
@@ -316,8 +327,11 @@ struct Inner {
     model: Arc<LlamaModel>,
     template: Option<LlamaChatTemplate>,
     facts: ModelFacts,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     stats: Arc<EngineStats>,
+    /// When the engine started; the base of [`EngineStats::heartbeat_ms`].
+    started: Instant,
+    thread: EngineThread,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -356,20 +370,24 @@ impl EngineHandle {
         };
         let model = Arc::new(model);
         let stats = Arc::new(EngineStats::default());
+        let started = Instant::now();
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
-        {
+        let thread = {
             let model = Arc::clone(&model);
             let stats = Arc::clone(&stats);
             let spec = spec.clone();
-            std::thread::Builder::new()
-                .name(format!("engine-{}", spec.id))
-                .spawn(move || worker::run(backend, &model, &spec, &rx, &stats, &ready_tx))
-                .map_err(|e| EngineError::Backend(format!("spawning the engine thread: {e}")))?;
-        }
+            EngineThread::spawn(format!("engine-{}", spec.id), move || {
+                worker::run(backend, &model, &spec, &rx, &stats, started, &ready_tx)
+            })
+            .map_err(|e| EngineError::Backend(format!("spawning the engine thread: {e}")))?
+        };
         match ready_rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => {
+                thread.join_within(STOP_TIMEOUT);
+                return Err(e);
+            }
             Err(_) => return Err(EngineError::Stopped(spec.id)),
         }
         Ok(Self {
@@ -380,8 +398,34 @@ impl EngineHandle {
                 facts,
                 tx,
                 stats,
+                started,
+                thread,
             }),
         })
+    }
+
+    /// Stops the engine and joins its thread: requests still queued, running or paused end
+    /// as cancelled, and the llama.cpp context is freed on the engine thread. Waits at most
+    /// `timeout` (one engine step finishes first). Later submits fail with
+    /// [`EngineError::Stopped`]; calling it again is harmless.
+    pub fn stop(&self, timeout: Duration) -> Result<(), EngineError> {
+        // The thread may be gone already (stopped before); then there is nobody to tell.
+        let _ = self.inner.tx.send(Msg::Stop);
+        if self.inner.thread.join_within(timeout) {
+            Ok(())
+        } else {
+            Err(EngineError::StopTimeout {
+                model: self.inner.spec.id.clone(),
+                waited: timeout,
+            })
+        }
+    }
+
+    /// When the engine loop last went round: at least every [`HEARTBEAT`] while idle, and at
+    /// every step while busy. A watchdog that sees it stale knows the engine is wedged.
+    pub fn heartbeat(&self) -> Instant {
+        let ms = self.inner.stats.heartbeat_ms.load(Ordering::Relaxed);
+        self.inner.started + Duration::from_millis(ms)
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -459,11 +503,23 @@ impl EngineHandle {
                 capacity,
             });
         }
-        self.inner.tx.send(job).map_err(|_| {
+        self.inner.tx.send(Msg::Job(Box::new(job))).map_err(|_| {
             queued.fetch_sub(1, Ordering::AcqRel);
             EngineError::Stopped(self.inner.spec.id.clone())
         })
     }
+}
+
+/// How often an idle engine thread wakes to beat its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long a failed start waits for the engine thread to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A count as a `u32`, saturating: token counts are `u32` in usage and records, lengths are
+/// `usize`.
+pub fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Whether this build of llama.cpp can offload layers to a GPU (a CUDA, ROCm or Vulkan build).

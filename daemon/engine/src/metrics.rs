@@ -31,23 +31,6 @@ pub struct HistogramSnapshot {
     pub sum: f64,
 }
 
-impl HistogramSnapshot {
-    /// The upper bound of the bucket holding quantile `q` (an estimate, like Prometheus'
-    /// `histogram_quantile` without interpolation). `None` when empty.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let want = (q * self.count as f64).ceil() as u64;
-        for (b, &c) in self.bounds.iter().zip(&self.cumulative) {
-            if c >= want {
-                return Some(*b);
-            }
-        }
-        Some(f64::INFINITY)
-    }
-}
-
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
         Self {
@@ -95,8 +78,5 @@ mod tests {
         assert_eq!(s.cumulative, [2, 3, 4]);
         assert_eq!(s.count, 5);
         assert!((s.sum - 15.0).abs() < 1e-6);
-        assert_eq!(s.quantile_bound(0.5), Some(2.0));
-        assert_eq!(s.quantile_bound(1.0), Some(f64::INFINITY));
-        assert_eq!(Histogram::new(&[1.0]).snapshot().quantile_bound(0.5), None);
     }
 }

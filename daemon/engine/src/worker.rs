@@ -20,11 +20,12 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tracing::{debug, info, warn};
 
-use crate::admission::{self, Priority, Queue, Running, Ticket};
+use crate::admission::{self, Claim, Priority, Queue, Running};
 use crate::text::{Pushed, TextStreamer};
+use crate::thread::Msg;
 use crate::{
-    ChatTemplateSpec, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec, Sampling,
-    Usage,
+    len_u32, ChatTemplateSpec, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec,
+    Sampling, Usage, HEARTBEAT,
 };
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -37,9 +38,9 @@ pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
         reason,
     };
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            err("does not exist; check `path` in the config, or fetch the demo model with scripts/fetch-model.sh".to_owned())
-        }
+        std::io::ErrorKind::NotFound => EngineError::ModelMissing {
+            path: path.to_owned(),
+        },
         _ => err(format!("cannot be opened: {e}")),
     })?;
     let meta = file
@@ -145,7 +146,7 @@ fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
 /// A request that holds a slot, or is paused.
 struct Active {
     job: Job,
-    ticket: Ticket,
+    claim: Claim,
     sampler: LlamaSampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
@@ -189,16 +190,21 @@ struct Engine<'m> {
     batch: LlamaBatch<'static>,
     /// Scratch space reused every step, so the loop does not allocate.
     in_batch: Vec<bool>,
-    gone: Vec<(Job, Ticket)>,
+    gone: Vec<(Job, Claim)>,
     running: Vec<Running>,
+    /// The base of the heartbeat.
+    started: Instant,
 }
 
+/// The engine thread's function: creates the context, reports readiness, serves until told to
+/// stop (or until every handle is gone), and frees the context on its way out.
 pub(crate) fn run(
     backend: &'static LlamaBackend,
     model: &LlamaModel,
     spec: &ModelSpec,
-    rx: &mpsc::Receiver<Job>,
+    rx: &mpsc::Receiver<Msg>,
     stats: &EngineStats,
+    started: Instant,
     ready: &mpsc::Sender<Result<(), EngineError>>,
 ) {
     let ctx = match model.new_context(backend, context_params(spec)) {
@@ -226,6 +232,7 @@ pub(crate) fn run(
         in_batch: vec![false; n],
         gone: Vec::new(),
         running: Vec::with_capacity(n),
+        started,
     };
     info!(
         target: "engine",
@@ -244,8 +251,8 @@ pub(crate) fn run(
     info!(target: "engine", model = %spec.id, "engine stopped");
 }
 
-fn ticket_of(job: &Job) -> Ticket {
-    Ticket {
+fn claim_of(job: &Job) -> Claim {
+    Claim {
         tenant: job.tenant,
         weight: job.weight,
         priority: job.priority,
@@ -259,16 +266,22 @@ fn common_prefix(a: &[i32], b: &[i32]) -> usize {
 }
 
 impl Engine<'_> {
-    fn serve(&mut self, rx: &mpsc::Receiver<Job>) {
+    fn serve(&mut self, rx: &mpsc::Receiver<Msg>) {
         loop {
+            self.beat();
             if self.idle() {
-                match rx.recv() {
-                    Ok(job) => self.enqueue(job),
-                    Err(_) => return,
+                match rx.recv_timeout(HEARTBEAT) {
+                    Ok(Msg::Job(job)) => self.enqueue(*job),
+                    Ok(Msg::Stop) => return self.stop_all(),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
-            while let Ok(job) = rx.try_recv() {
-                self.enqueue(job);
+            while let Ok(msg) = rx.try_recv() {
+                match msg {
+                    Msg::Job(job) => self.enqueue(*job),
+                    Msg::Stop => return self.stop_all(),
+                }
             }
             self.drop_gone_waiting();
             self.reap();
@@ -280,9 +293,46 @@ impl Engine<'_> {
         }
     }
 
+    /// Records that the loop went round (see [`crate::EngineHandle::heartbeat`]).
+    fn beat(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.stats.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Ends every request the engine holds, queued, running or paused, as cancelled.
+    fn stop_all(&mut self) {
+        let mut gone = std::mem::take(&mut self.gone);
+        self.waiting.remove_if(|_| true, &mut gone);
+        let now = Instant::now();
+        for (job, _) in gone.drain(..) {
+            self.stats.queued.fetch_sub(1, Ordering::AcqRel);
+            self.stats
+                .requests_completed
+                .fetch_add(1, Ordering::Relaxed);
+            let usage = Usage {
+                prompt_tokens: len_u32(job.prompt.len()),
+                queue: now - job.received,
+                ..Usage::default()
+            };
+            let _ = job.events.send(Event::Done {
+                reason: FinishReason::Cancelled,
+                usage,
+                error: None,
+            });
+        }
+        for i in 0..self.slots.len() {
+            self.finish(i, FinishReason::Cancelled, None);
+        }
+        while let Some(p) = self.paused.pop_front() {
+            self.complete(p.active, FinishReason::Cancelled, None);
+        }
+        self.publish_gauges();
+        info!(target: "engine", model = %self.spec.id, "engine stopping: every request ended");
+    }
+
     fn enqueue(&mut self, job: Job) {
-        let ticket = ticket_of(&job);
-        self.waiting.push(job, ticket);
+        let claim = claim_of(&job);
+        self.waiting.push(job, claim);
     }
 
     fn idle(&self) -> bool {
@@ -361,7 +411,7 @@ impl Engine<'_> {
             if let Some(a) = a {
                 self.running.push(Running {
                     slot,
-                    priority: a.ticket.priority,
+                    priority: a.claim.priority,
                     admitted: a.admitted,
                     waited: a.waited,
                 });
@@ -442,11 +492,11 @@ impl Engine<'_> {
                 self.resume(p, now);
                 continue;
             }
-            let Some((job, ticket)) = self.waiting.pop(now) else {
+            let Some((job, claim)) = self.waiting.pop(now) else {
                 break;
             };
             self.stats.queued.fetch_sub(1, Ordering::AcqRel);
-            self.place(job, ticket, now);
+            self.place(job, claim, now);
         }
         self.publish_gauges();
     }
@@ -479,7 +529,7 @@ impl Engine<'_> {
     }
 
     /// Gives a new request a slot, reusing an idle slot's cached prefix when it shares enough.
-    fn place(&mut self, job: Job, ticket: Ticket, now: Instant) {
+    fn place(&mut self, job: Job, claim: Claim, now: Instant) {
         let min = self.spec.queue.prefix_reuse_min_tokens as usize;
         let mut reuse = None;
         if min > 0 {
@@ -519,7 +569,7 @@ impl Engine<'_> {
                 None => {
                     // Unreachable: admit only places while a slot is free. Keep the job.
                     self.stats.queued.fetch_add(1, Ordering::AcqRel);
-                    self.waiting.push(job, ticket);
+                    self.waiting.push(job, claim);
                     return;
                 }
             },
@@ -534,12 +584,12 @@ impl Engine<'_> {
         self.stats
             .tokens_prefix_reused
             .fetch_add(reused as u64, Ordering::Relaxed);
-        debug!(target: "engine", request_id = %job.request_id, slot = i, prompt_tokens = job.prompt.len(), prefix_reused = reused, priority = ticket.priority.as_str(), "slot assigned");
+        debug!(target: "engine", request_id = %job.request_id, slot = i, prompt_tokens = job.prompt.len(), prefix_reused = reused, priority = claim.priority.as_str(), "slot assigned");
         self.slots[i] = Some(Active {
             streamer: TextStreamer::new(&job.stop),
             waited: now.saturating_duration_since(job.received),
             job,
-            ticket,
+            claim,
             sampler,
             prefilled: reused,
             n_past: i32::try_from(reused).unwrap_or(i32::MAX),
@@ -601,13 +651,14 @@ impl Engine<'_> {
         // While an interactive prompt is being prefilled, batch sequences sit the step out: the
         // step is then as short as on an idle engine, so the interactive request's first token
         // comes about as fast as when idle. Batch work loses one step per interactive arrival.
-        let interactive_first = self.slots.iter().flatten().any(|a| {
-            a.ticket.priority == Priority::Interactive && a.prefilled < a.job.prompt.len()
-        });
+        let interactive_first =
+            self.slots.iter().flatten().any(|a| {
+                a.claim.priority == Priority::Interactive && a.prefilled < a.job.prompt.len()
+            });
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
             a.logits_at = None;
-            if interactive_first && a.ticket.priority == Priority::Batch {
+            if interactive_first && a.claim.priority == Priority::Batch {
                 continue;
             }
             if let Some(token) = a.next.take() {
@@ -630,7 +681,7 @@ impl Engine<'_> {
             if remaining == 0 || a.logits_at.is_some() {
                 continue;
             }
-            if interactive_first && a.ticket.priority == Priority::Batch {
+            if interactive_first && a.claim.priority == Priority::Batch {
                 continue;
             }
             let room = budget.saturating_sub(self.batch.n_tokens() as usize);
@@ -805,8 +856,4 @@ impl Engine<'_> {
 
 fn seq(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)
-}
-
-fn len_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }

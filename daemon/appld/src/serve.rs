@@ -1,0 +1,208 @@
+//! Serving: gRPC (with grpc.health.v1 and reflection) on TCP and the Unix socket, metrics on
+//! their own port, until the shutdown future resolves; then the drain, in this order:
+//!
+//! 1. stop admitting: no new connections, health `NOT_SERVING`, new requests `UNAVAILABLE`;
+//! 2. requests in flight finish, for up to `server.drain_timeout_secs`;
+//! 3. past that, every engine is stopped and joined: what still runs ends with a final
+//!    `cancelled` message, and each llama.cpp context is freed on its own thread;
+//! 4. the streams deliver their last message (briefly), then the remaining connections are cut;
+//! 5. the audit log records the stop, signs a final checkpoint and closes.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appl_proto::v1::{
+    admin_server::AdminServer, audit_server::AuditServer, inference_server::InferenceServer,
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::api::Api;
+use crate::audit::Auditor;
+use crate::audit_rpc::AuditRpc;
+use crate::config::Config;
+use crate::listeners::Listeners;
+use crate::models::{Engines, ENGINE_STOP_TIMEOUT};
+use crate::state::AppState;
+use crate::{metrics, tenants};
+
+/// How long requests ended by an engine stop have to deliver their last message.
+const FINAL_MESSAGE_GRACE: Duration = Duration::from_secs(5);
+
+/// Services whose health goes `NOT_SERVING` while the daemon drains.
+const DRAINED_SERVICES: [&str; 2] = ["", "appl.v1.Inference"];
+
+/// Serves on the given listeners until `shutdown` resolves, then drains (see the module docs).
+pub async fn serve(
+    config: &Config,
+    engines: Engines,
+    auditor: Auditor,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let chat_templates = config
+        .models
+        .iter()
+        .map(|m| (m.id.clone(), m.chat_template.clone()))
+        .collect();
+    let default_model = config.default_model().unwrap_or_default().to_owned();
+    let state = Arc::new(
+        AppState::new(
+            engines.handles().clone(),
+            default_model,
+            config.limits.clone(),
+            chat_templates,
+        )
+        .with_tenants(tenants::table(&config.tenants)),
+    );
+    let auditor = Arc::new(auditor);
+    let api = Api::new(Arc::clone(&state), Arc::clone(&auditor));
+    let audit_rpc = AuditRpc::new(Arc::clone(&auditor));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<InferenceServer<Api>>().await;
+    health_reporter.set_serving::<AdminServer<Api>>().await;
+    health_reporter.set_serving::<AuditServer<AuditRpc>>().await;
+    // Inference (and the server as a whole) is NOT_SERVING while the audit log cannot write.
+    let audit_health = auditor.watch_health(health_reporter.clone());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(appl_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(appl_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = || {
+        tonic::transport::Server::builder()
+            .add_service(InferenceServer::new(api.clone()))
+            .add_service(AdminServer::new(api.clone()))
+            .add_service(AuditServer::new(audit_rpc.clone()))
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
+    let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(m) = listeners.metrics {
+        tokio::spawn(metrics::serve(m, Arc::clone(&state), stop_rx.clone()));
+    }
+    if let Some(tcp) = listeners.tcp {
+        let server = router()
+            .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()));
+        servers.spawn(server);
+    }
+    if let Some((unix, _)) = listeners.unix {
+        let server = router()
+            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
+        servers.spawn(server);
+    }
+    info!(
+        tcp = %tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
+        socket = %socket_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "ready"
+    );
+
+    let drain = Duration::from_secs(config.server.drain_timeout_secs);
+    let (drained_tx, mut drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = draining_tx.send(());
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(drain).await;
+        let _ = drained_tx.send(());
+    });
+    {
+        let state = Arc::clone(&state);
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            if draining_rx.await.is_ok() {
+                info!(
+                    drain_timeout_s = drain.as_secs(),
+                    "shutting down: no new requests; finishing the requests in flight"
+                );
+                state.draining.store(true, Ordering::Relaxed);
+                audit_health.abort();
+                not_serving(&reporter).await;
+            }
+        });
+    }
+
+    let mut served = Ok(());
+    loop {
+        tokio::select! {
+            res = servers.join_next() => match res {
+                None => break,
+                Some(res) => {
+                    if let Err(e) = res.map_err(anyhow::Error::from).and_then(|r| Ok(r?)) {
+                        served = Err(e);
+                        break;
+                    }
+                }
+            },
+            Ok(()) = &mut drained_rx => {
+                warn!(open_servers = servers.len(), "drain timeout reached; ending the requests still in flight");
+                // Every request still in an engine gets its final message now; the servers
+                // then finish on their own, or are cut after a short grace.
+                tokio::task::block_in_place(|| engines.stop(ENGINE_STOP_TIMEOUT));
+                let cut = tokio::time::sleep(FINAL_MESSAGE_GRACE);
+                tokio::pin!(cut);
+                loop {
+                    tokio::select! {
+                        res = servers.join_next() => if res.is_none() { break },
+                        () = &mut cut => {
+                            warn!(open_servers = servers.len(), "closing the remaining connections");
+                            servers.abort_all();
+                            break;
+                        }
+                    }
+                }
+                break;
+            }
+        }
+    }
+    // Idempotent when the drain timeout already stopped them.
+    tokio::task::block_in_place(|| engines.stop(ENGINE_STOP_TIMEOUT));
+    state.requests.close();
+    if tokio::time::timeout(FINAL_MESSAGE_GRACE, state.requests.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open_requests = state.requests.len(),
+            "requests still finishing after the engines stopped"
+        );
+    }
+    // Every request has finished (or been recorded as cancelled): record the stop, sign a
+    // final checkpoint and close the store.
+    auditor.stop().await;
+    served?;
+    if let Some(p) = socket_path {
+        let _ = std::fs::remove_file(p);
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Tells health checkers (and load balancers) that this daemon takes no new work.
+async fn not_serving(reporter: &HealthReporter) {
+    for s in DRAINED_SERVICES {
+        reporter
+            .set_service_status(s, ServingStatus::NotServing)
+            .await;
+    }
+}
