@@ -26,6 +26,7 @@ pub mod request;
 pub mod serve;
 pub mod state;
 pub mod tenants;
+pub mod transport;
 
 use std::future::Future;
 

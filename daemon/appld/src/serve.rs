@@ -16,7 +16,6 @@ use std::time::Duration;
 use appl_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, inference_server::InferenceServer,
 };
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -28,6 +27,7 @@ use crate::config::Config;
 use crate::listeners::Listeners;
 use crate::models::{Engines, ENGINE_STOP_TIMEOUT};
 use crate::state::AppState;
+use crate::transport::{self, Incoming};
 use crate::{metrics, tenants};
 
 /// How long requests ended by an engine stop have to deliver their last message.
@@ -78,15 +78,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let router = || {
-        tonic::transport::Server::builder()
-            .add_service(InferenceServer::new(api.clone()))
-            .add_service(AdminServer::new(api.clone()))
-            .add_service(AuditServer::new(audit_rpc.clone()))
-            .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone())
-    };
+    let routes = tonic::service::Routes::new(InferenceServer::new(api.clone()))
+        .add_service(AdminServer::new(api.clone()))
+        .add_service(AuditServer::new(audit_rpc.clone()))
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
+        .prepare()
+        .into_axum_router();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -100,14 +99,12 @@ pub async fn serve(
         tokio::spawn(metrics::serve(m, Arc::clone(&state), stop_rx.clone()));
     }
     if let Some(tcp) = listeners.tcp {
-        let server = router()
-            .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()));
-        servers.spawn(server);
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(transport::serve(Incoming::Tcp(tcp), routes.clone(), stop));
     }
     if let Some((unix, _)) = listeners.unix {
-        let server = router()
-            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop_rx.clone()));
-        servers.spawn(server);
+        let stop = stopped(stop_rx.clone());
+        servers.spawn(transport::serve(Incoming::Unix(unix), routes.clone(), stop));
     }
     info!(
         tcp = %tcp_addr.map(|a| a.to_string()).unwrap_or_default(),

@@ -13,6 +13,9 @@ use crate::audit::AuditTicket;
 use crate::state::AppState;
 use crate::tenants::Permit;
 
+/// The most a unary answer goes out before the client's deadline, to beat the client's timer.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
 /// Pieces buffered between a streaming request's task and its client.
 const STREAM_BUFFER: usize = 16;
 
@@ -129,14 +132,14 @@ pub async fn run_to_end(
     };
     let mut text = String::new();
     let mut ids: Vec<i32> = Vec::new();
-    // gRPC cancels a unary call itself when its grpc-timeout expires, as CANCELLED. Answer
-    // DEADLINE_EXCEEDED a little before that; the engine notices the deadline only between
-    // steps.
+    // The client's own timer fires at the deadline (a tonic client then reports CANCELLED).
+    // Answer DEADLINE_EXCEEDED a little before, leaving time to make the completed record
+    // durable and send the answer; the engine notices the deadline only between steps.
     let answer_by = p.deadline.map(|d| {
         let margin = d
             .saturating_duration_since(p.received)
             .div_f64(10.0)
-            .min(Duration::from_millis(50));
+            .min(DEADLINE_MARGIN);
         tokio::time::Instant::from_std(d - margin)
     });
     loop {
