@@ -8,6 +8,7 @@
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
 //! - [`plan`]: the cost question behind `applctl plan`.
+//! - [`units`]: bytes as MiB and GiB, for people and for logs.
 //!
 //! # Using the sizing rules at model load
 //!
@@ -55,3 +56,4 @@ pub mod plan;
 pub mod probe;
 pub mod profile;
 pub mod sizing;
+pub mod units;

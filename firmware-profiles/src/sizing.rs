@@ -22,34 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::gguf::{GgmlType, GgufInfo};
 use crate::inventory::{GpuInfo, Inventory};
 use crate::profile::{Profile, ProfileSet};
-
-/// Bytes in a MiB.
-pub const MIB: u64 = 1 << 20;
-/// Bytes in a GiB.
-pub const GIB: u64 = 1 << 30;
+use crate::units::{gib, MIB};
 
 /// llama.cpp pads the context and the SWA cache to this many cells (`llama-context.cpp`,
 /// `llama-kv-cache-iswa.cpp`).
 const CTX_PAD: u64 = 256;
-
-/// Formats bytes as GiB with one decimal, e.g. `52.8 GiB`.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / GIB as f64)
-}
-
-/// Formats bytes as MiB with no decimals, e.g. `519 MiB`.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / MIB as f64)
-}
-
-/// Formats bytes in GiB at or above 1 GiB, otherwise in MiB.
-pub fn human(bytes: u64) -> String {
-    if bytes >= GIB {
-        gib(bytes)
-    } else {
-        mib(bytes)
-    }
-}
 
 /// KV cache element type (llama.cpp `--cache-type-k/-v`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

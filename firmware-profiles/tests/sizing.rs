@@ -6,17 +6,10 @@ use appl_firmware_profiles::gguf::GgufInfo;
 use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::profile::ProfileSet;
 use appl_firmware_profiles::sizing::{
-    self, decode_speed, estimate, fit, Deployment, DeviceRef, GpuLayers, KvType, GIB, MIB,
+    decode_speed, estimate, fit, Deployment, DeviceRef, GpuLayers, KvType,
 };
+use appl_firmware_profiles::units::{self, in_gib as gib, in_mib as mibf, GIB, MIB};
 use common::{demo_model, fixture, llama_70b, llama_8b, Quant};
-
-fn gib(b: u64) -> f64 {
-    b as f64 / GIB as f64
-}
-
-fn mibf(b: u64) -> f64 {
-    b as f64 / MIB as f64
-}
 
 fn dep(ctx: u32, slots: u32, kv: KvType) -> Deployment {
     Deployment {
@@ -475,6 +468,6 @@ fn gpu_layers_parses() {
     assert!("-1".parse::<GpuLayers>().is_err());
     assert_eq!("q8_0".parse::<KvType>().ok(), Some(KvType::Q8_0));
     assert!("q3".parse::<KvType>().is_err());
-    assert_eq!(sizing::human(519 * MIB), "519 MiB");
-    assert_eq!(sizing::human(GIB * 53 / 2), "26.5 GiB");
+    assert_eq!(units::human(519 * MIB), "519 MiB");
+    assert_eq!(units::human(GIB * 53 / 2), "26.5 GiB");
 }

@@ -34,6 +34,7 @@ use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::sizing::{
     self, Deployment, GpuLayers, KvType, MemoryEstimate, Placement,
 };
+use appl_firmware_profiles::units::in_mib;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,10 +140,6 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
 fn template_spec(m: &ModelConfig) -> ChatTemplateSpec {
     let t = m.chat_template.as_str();
     if t == "embedded" {
@@ -243,11 +240,11 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
             info!(
                 target: "sizing",
                 model = %m.id,
-                weights_mib = mib(est.weights),
-                kv_mib = mib(est.kv),
-                compute_mib = mib(est.compute),
-                output_mib = mib(est.output_buffer),
-                total_mib = mib(est.total),
+                weights_mib = in_mib(est.weights),
+                kv_mib = in_mib(est.kv),
+                compute_mib = in_mib(est.compute),
+                output_mib = in_mib(est.output_buffer),
+                total_mib = in_mib(est.total),
                 placement = %placement.summary(),
                 "memory plan"
             );
