@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::api::{Api, AppState};
 use crate::config::{Config, ConfigError, GpuLayersSetting, ModelConfig};
-use appl_firmware_profiles::gguf::GgufInfo;
+use appl_firmware_profiles::gguf::{GgufError, GgufInfo};
 use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::sizing::{
     self, Deployment, GpuLayers, KvType, MemoryEstimate, Placement,
@@ -196,7 +196,11 @@ fn plan_model(
         id: m.id.clone(),
         source: EngineError::ModelFile {
             path: m.path.clone(),
-            reason: e.to_string(),
+            // `ModelFile` names the file already.
+            reason: match e {
+                GgufError::Invalid { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
         },
     })?;
     let deployment = Deployment {

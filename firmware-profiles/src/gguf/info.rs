@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::file;
 use super::keys::{opt_first_u64, per_layer_u32, req_u64, to_u32};
 use super::reader::{self, RawGguf, MAX_KEPT_ARRAY};
 use super::{GgufError, MetaValue, TensorInfo};
@@ -51,11 +52,15 @@ pub struct GgufInfo {
 }
 
 impl GgufInfo {
-    /// Reads the header of a GGUF file on disk.
+    /// Reads the header of a GGUF file on disk: the one read a caller needs. It refuses what
+    /// llama.cpp would (a missing file, a folder or device, a file shorter than the GGUF
+    /// header, a wrong magic number, a version other than 2 or 3) and everything else the
+    /// reader checks. Every error names the file, and the variant says whether the file is
+    /// missing or unreadable ([`GgufError::NotFound`], [`GgufError::Unreadable`]) or not a
+    /// usable GGUF model (the others).
     pub fn from_path(path: &Path) -> Result<GgufInfo, GgufError> {
-        let file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        GgufInfo::from_reader(BufReader::new(file), len)
+        let (file, len) = file::open(path)?;
+        GgufInfo::from_reader(BufReader::new(file), len).map_err(|e| file::in_file(path, e))
     }
 
     /// Reads GGUF metadata from an in-memory copy (a whole file or just its header).

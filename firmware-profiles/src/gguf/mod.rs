@@ -12,9 +12,11 @@
 //! - `info`: what the metadata means ([`GgufInfo`]).
 //! - `keys`: typed lookups in the metadata, used by `info`.
 //! - `ggml`: tensor element types and their sizes ([`GgmlType`]).
+//! - `file`: opening a file on disk, and naming it in every error.
 //! - `error`: [`GgufError`].
 
 mod error;
+mod file;
 mod ggml;
 mod info;
 mod keys;
