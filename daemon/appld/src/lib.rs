@@ -31,9 +31,7 @@ use crate::api::{Api, AppState};
 use crate::config::{Config, ConfigError, GpuLayersSetting, ModelConfig};
 use appl_firmware_profiles::gguf::{GgufError, GgufInfo};
 use appl_firmware_profiles::inventory::Inventory;
-use appl_firmware_profiles::sizing::{
-    self, Deployment, GpuLayers, KvType, MemoryEstimate, Placement,
-};
+use appl_firmware_profiles::sizing::{self, GpuLayers, MemoryEstimate, ModelSettings, Placement};
 use appl_firmware_profiles::units::in_mib;
 
 /// Why the daemon could not start.
@@ -190,7 +188,6 @@ fn sizing_inventory(config: &Config) -> Result<Inventory, StartupError> {
 fn plan_model(
     m: &ModelConfig,
     inv: &Inventory,
-    n_batch: u32,
 ) -> Result<(MemoryEstimate, Placement), StartupError> {
     let info = GgufInfo::from_path(&m.path).map_err(|e| StartupError::Model {
         id: m.id.clone(),
@@ -203,16 +200,11 @@ fn plan_model(
             },
         },
     })?;
-    let deployment = Deployment {
-        ctx_per_slot: m.ctx_per_slot,
+    let deployment = sizing::engine_deployment(&ModelSettings {
         slots: m.slots,
-        n_batch,
-        n_ubatch: n_batch.min(512),
-        kv_type: KvType::F16,
-        flash_attn: true,
-        swa_full: true,
-        kv_unified: true,
-    };
+        ctx_per_slot: m.ctx_per_slot,
+        batch_tokens: m.batch_tokens,
+    });
     let estimate = sizing::estimate(&info, &deployment);
     let layers = match m.gpu_layers {
         GpuLayersSetting::Count(n) => GpuLayers::N(n),
@@ -238,9 +230,8 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
     }
     let inventory = sizing_inventory(config)?;
     for m in &config.models {
-        let n_batch = m.batch_tokens.max(m.slots);
         let gpu_layers = {
-            let (est, placement) = plan_model(m, &inventory, n_batch)?;
+            let (est, placement) = plan_model(m, &inventory)?;
             info!(
                 target: "sizing",
                 model = %m.id,

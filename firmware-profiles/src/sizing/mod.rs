@@ -13,7 +13,8 @@
 //! (`llama_context` reserve: `n_outputs = min(n_ubatch, n_outputs_max)`), so the logits tensor
 //! `n_ubatch × n_vocab × f32` usually dominates it.
 //!
-//! - `deployment`: how a model is run ([`Deployment`]).
+//! - `deployment`: how a model is run ([`Deployment`]), and [`engine_deployment`], the one
+//!   place that turns appld's model settings into what the engine passes to llama.cpp.
 //! - `kv_type`: the KV cache element type ([`KvType`]).
 //! - `estimate`: the memory a deployment needs ([`estimate`]).
 //! - `placement`: what a placement looks like ([`Placement`], [`FitError`]).
@@ -27,7 +28,7 @@ mod kv_type;
 mod placement;
 mod speed;
 
-pub use deployment::Deployment;
+pub use deployment::{engine_deployment, Deployment, ModelSettings, MAX_UBATCH};
 pub use estimate::{estimate, LayerCost, MemoryEstimate};
 pub use fit::{fit, fit_with};
 pub use kv_type::{KvType, UnknownKvType};
