@@ -31,7 +31,7 @@ pub struct MemoryEstimate {
     /// Host output buffer for logits (`n_vocab × f32 × slots`, "output buffer size").
     pub output_buffer: u64,
     /// weights + kv + compute + output_buffer: what one device would need, before the
-    /// per-device runtime overhead and reserve that [`fit`] adds.
+    /// per-device runtime overhead and reserve that [`fit`](super::fit) adds.
     pub total: u64,
     /// Per layer `blk.N`.
     pub layers: Vec<LayerCost>,
