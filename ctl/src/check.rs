@@ -95,7 +95,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 label: path.display().to_string(),
                 info,
             }),
-            Err(e) => return Ok(usage_error(&format!("{}: {e}", path.display()))),
+            // The error names the file.
+            Err(e) => return Ok(usage_error(&e)),
         },
         None => None,
     };

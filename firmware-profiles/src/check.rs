@@ -9,9 +9,8 @@ use serde::Serialize;
 use crate::gguf::GgufInfo;
 use crate::inventory::{GpuVendor, Inventory};
 use crate::profile::{version_at_least, ProfileSet};
-use crate::sizing::{
-    self, gib, human, Deployment, GpuLayers, MemoryEstimate, Placement, SpeedEstimate,
-};
+use crate::sizing::{self, Deployment, GpuLayers, MemoryEstimate, Placement, SpeedEstimate};
+use crate::units::{gib, human, GIB};
 
 /// Outcome of one rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -305,7 +304,7 @@ fn hardware_rules(inv: &Inventory, profiles: &ProfileSet, rules: &mut Vec<RuleRe
     ));
     rules.push(rule(
         "host.memory",
-        if inv.memory.available_bytes >= 2 * sizing::GIB {
+        if inv.memory.available_bytes >= 2 * GIB {
             Status::Pass
         } else {
             Status::Warn

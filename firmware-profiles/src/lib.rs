@@ -8,6 +8,7 @@
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
 //! - [`plan`]: the cost question behind `applctl plan`.
+//! - [`units`]: bytes as MiB and GiB, for people and for logs.
 //!
 //! # Using the sizing rules at model load
 //!
@@ -15,17 +16,12 @@
 //! use appl_firmware_profiles::{gguf::GgufInfo, probe, sizing};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let info = GgufInfo::from_path("model.gguf".as_ref())?;
-//! let dep = sizing::Deployment {
-//!     ctx_per_slot: 2048,
+//! // The context shape the engine passes to llama.cpp for this model's settings in appld.toml:
+//! let dep = sizing::engine_deployment(&sizing::ModelSettings {
 //!     slots: 8,
-//!     // set these to exactly what the engine passes to llama.cpp:
-//!     n_batch: 2048,
-//!     n_ubatch: 512,
-//!     kv_type: sizing::KvType::F16,
-//!     flash_attn: true,
-//!     swa_full: true,   // llama_context_default_params; llama-server uses false
-//!     kv_unified: false,
-//! };
+//!     ctx_per_slot: 2048,
+//!     batch_tokens: 512,
+//! });
 //! let est = sizing::estimate(&info, &dep);
 //! // est.weights / est.kv / est.compute compare with llama.cpp's "model buffer",
 //! // "KV buffer" and "compute buffer size" log lines.
@@ -48,6 +44,8 @@
 //! `n_ubatch × n_vocab × f32` logits of the worst-case reserve graph; [`sizing::fit`] adds each
 //! device's runtime overhead and reserve from its profile.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod gguf;
 pub mod inventory;
@@ -55,3 +53,4 @@ pub mod plan;
 pub mod probe;
 pub mod profile;
 pub mod sizing;
+pub mod units;

@@ -280,3 +280,141 @@ fn synthetic_header_tensor_table() {
     assert_eq!(q.size_bytes, 4096 * 4096 / 256 * 144);
     assert_eq!(q.layer(), Some(1));
 }
+
+/// Reading a file on disk: every refusal names the file, and its variant says whether the file
+/// is missing or unreadable (appld exits 66) or is there but not a usable GGUF model (65).
+/// These are the cases llama.cpp's loader would trip on, so a caller needs no second check.
+#[test]
+fn file_errors_name_the_file_and_tell_missing_from_invalid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    };
+    let good = minimal().bytes();
+    let mut v1 = good.clone();
+    v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let mut v4 = good.clone();
+    v4[4..8].copy_from_slice(&4u32.to_le_bytes());
+    let folder = dir.path().join("folder.gguf");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let fifo = dir.path().join("fifo.gguf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let file = write("plain.gguf", &good);
+
+    type Want = fn(&GgufError) -> bool;
+    let cases: Vec<(&str, std::path::PathBuf, Want, &[&str])> = vec![
+        (
+            "missing",
+            dir.path().join("nope.gguf"),
+            |e| matches!(e, GgufError::NotFound { .. }),
+            &["does not exist", "`path`", "scripts/fetch-model.sh"],
+        ),
+        (
+            "a path through a file",
+            file.join("inner.gguf"),
+            |e| matches!(e, GgufError::Unreadable { .. }),
+            &["cannot be read"],
+        ),
+        (
+            "a folder",
+            folder,
+            |e| matches!(e, GgufError::NotAFile { what, .. } if *what == "a folder"),
+            &["is a folder, not a regular file"],
+        ),
+        (
+            "a device",
+            "/dev/null".into(),
+            |e| matches!(e, GgufError::NotAFile { .. }),
+            &["not a regular file"],
+        ),
+        (
+            // Opening a FIFO would block until someone writes to it; it is refused at once.
+            "a FIFO",
+            fifo,
+            |e| matches!(e, GgufError::NotAFile { .. }),
+            &["not a regular file"],
+        ),
+        (
+            "empty",
+            write("empty.gguf", b""),
+            |e| matches!(e, GgufError::TooShort { len: 0, .. }),
+            &["0 bytes", "too short"],
+        ),
+        (
+            "shorter than the header",
+            write("short.gguf", &good[..23]),
+            |e| matches!(e, GgufError::TooShort { len: 23, .. }),
+            &["23 bytes", "too short"],
+        ),
+        (
+            "text",
+            write("text.gguf", b"this is not a model at all, just text"),
+            |e| {
+                matches!(e, GgufError::Invalid { source, .. }
+                    if matches!(**source, GgufError::BadMagic { found } if &found == b"this"))
+            },
+            &["not a GGUF file", "74 68 69 73 (\"this\")"],
+        ),
+        (
+            "version 1",
+            write("v1.gguf", &v1),
+            |e| {
+                matches!(e, GgufError::Invalid { source, .. }
+                    if matches!(**source, GgufError::UnsupportedVersion(1)))
+            },
+            &["GGUF version 1", "convert the model again"],
+        ),
+        (
+            "version 4",
+            write("v4.gguf", &v4),
+            |e| {
+                matches!(e, GgufError::Invalid { source, .. }
+                    if matches!(**source, GgufError::UnsupportedVersion(4)))
+            },
+            &["GGUF version 4", "newer llama.cpp"],
+        ),
+        (
+            "truncated",
+            write("truncated.gguf", &good[..good.len() / 2]),
+            |e| {
+                matches!(e, GgufError::Invalid { source, .. }
+                    if matches!(**source, GgufError::Truncated { .. }))
+            },
+            &["truncated"],
+        ),
+        (
+            "no architecture",
+            write(
+                "noarch.gguf",
+                &GgufWriter::new()
+                    .kv("general.name", V::Str("x".into()))
+                    .bytes(),
+            ),
+            |e| {
+                matches!(e, GgufError::Invalid { source, .. }
+                    if matches!(&**source, GgufError::MissingKey(k) if k == "general.architecture"))
+            },
+            &["general.architecture"],
+        ),
+    ];
+    for (name, path, want, needles) in cases {
+        let err = GgufInfo::from_path(&path).expect_err(name);
+        assert!(want(&err), "{name}: got {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()),
+            "{name}: the message names the file: {text}"
+        );
+        for n in needles {
+            assert!(text.contains(n), "{name}: {n:?} in {text}");
+        }
+    }
+    let info = GgufInfo::from_path(&file).expect("a valid file on disk reads");
+    assert_eq!(info, GgufInfo::from_bytes(&good).expect("the same bytes"));
+}

@@ -6,17 +6,11 @@ use appl_firmware_profiles::gguf::GgufInfo;
 use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::profile::ProfileSet;
 use appl_firmware_profiles::sizing::{
-    self, decode_speed, estimate, fit, Deployment, DeviceRef, GpuLayers, KvType, GIB, MIB,
+    decode_speed, engine_deployment, estimate, fit, Deployment, DeviceRef, GpuLayers, KvType,
+    ModelSettings,
 };
+use appl_firmware_profiles::units::{self, in_gib as gib, in_mib as mibf, GIB, MIB};
 use common::{demo_model, fixture, llama_70b, llama_8b, Quant};
-
-fn gib(b: u64) -> f64 {
-    b as f64 / GIB as f64
-}
-
-fn mibf(b: u64) -> f64 {
-    b as f64 / MIB as f64
-}
 
 fn dep(ctx: u32, slots: u32, kv: KvType) -> Deployment {
     Deployment {
@@ -475,6 +469,28 @@ fn gpu_layers_parses() {
     assert!("-1".parse::<GpuLayers>().is_err());
     assert_eq!("q8_0".parse::<KvType>().ok(), Some(KvType::Q8_0));
     assert!("q3".parse::<KvType>().is_err());
-    assert_eq!(sizing::human(519 * MIB), "519 MiB");
-    assert_eq!(sizing::human(GIB * 53 / 2), "26.5 GiB");
+    assert_eq!(units::human(519 * MIB), "519 MiB");
+    assert_eq!(units::human(GIB * 53 / 2), "26.5 GiB");
+}
+
+/// The estimate sizes the context the engine creates: the n_ctx of `engine_deployment` (padded
+/// by llama.cpp to 256 cells), in one unified KV pool, for every slot.
+#[test]
+fn the_estimate_sizes_the_context_the_engine_creates() {
+    let info = model(Quant::Q4KM, false);
+    for (slots, ctx_per_slot, batch_tokens) in [(1, 2048, 512), (8, 2048, 2048), (3, 1000, 64)] {
+        let dep = engine_deployment(&ModelSettings {
+            slots,
+            ctx_per_slot,
+            batch_tokens,
+        });
+        let est = estimate(&info, &dep);
+        assert_eq!(
+            est.n_ctx,
+            u64::from(dep.n_ctx()).div_ceil(256) * 256,
+            "{dep:?}"
+        );
+        assert_eq!(est.kv_streams, 1, "one unified KV pool: {dep:?}");
+        assert_eq!(est.slots, slots);
+    }
 }

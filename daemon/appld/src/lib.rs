@@ -46,6 +46,16 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("model {id}: {source}")]
+    ModelMissing {
+        id: String,
+        source: appl_firmware_profiles::gguf::GgufError,
+    },
+    #[error("model {id}: {source}")]
+    ModelInvalid {
+        id: String,
+        source: appl_firmware_profiles::gguf::GgufError,
+    },
+    #[error("model {id}: {source}")]
     Model { id: String, source: EngineError },
     #[error("model {model} does not fit this machine: {reason}")]
     Sizing { model: String, reason: String },
@@ -63,15 +73,16 @@ pub enum StartupError {
 }
 
 impl StartupError {
-    /// sysexits(3) codes: 78 bad configuration, 66 a model file is missing, 65 a model file is
-    /// not a usable GGUF, 69 a model does not fit the hardware, 71 an OS error such as a port in
+    /// sysexits(3) codes: 78 bad configuration, 66 a model file is missing or unreadable, 65 a
+    /// model file is not a usable GGUF, 69 a model does not fit the hardware, 71 an OS error such as a port in
     /// use or a failed hardware probe, 74 the audit log cannot be opened or written.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartupError::Config(_) => 78,
+            StartupError::ModelMissing { .. } => 66,
+            StartupError::ModelInvalid { .. } => 65,
             StartupError::Model { source, .. } => match source {
-                EngineError::ModelMissing { .. } => 66,
-                EngineError::ModelFile { .. } | EngineError::ModelLoad { .. } => 65,
+                EngineError::ModelLoad { .. } => 65,
                 EngineError::ChatTemplate(_) => 78,
                 _ => 71,
             },

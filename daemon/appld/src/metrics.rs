@@ -101,7 +101,7 @@ pub fn render(state: &AppState) -> String {
         .map(|e| {
             (
                 format!("model=\"{}\"", esc(&e.spec().id)),
-                e.spec().slots,
+                e.spec().slots(),
                 e.stats(),
             )
         })

@@ -6,20 +6,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use appl_engine::{ChatTemplateSpec, EngineError, EngineHandle, ModelSpec};
-use appl_firmware_profiles::gguf::GgufInfo;
+use appl_engine::{ChatTemplateSpec, EngineHandle, ModelSpec};
+use appl_firmware_profiles::gguf::{GgufError, GgufInfo};
 use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::sizing::{
-    self, Deployment, GpuLayers, KvType, MemoryEstimate, Placement,
+    self, Deployment, GpuLayers, MemoryEstimate, ModelSettings, Placement,
 };
+use appl_firmware_profiles::units::in_mib;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, GpuLayersSetting, ModelConfig};
 use crate::StartupError;
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
 
 fn template_spec(m: &ModelConfig) -> ChatTemplateSpec {
     let t = m.chat_template.as_str();
@@ -89,30 +86,32 @@ fn sizing_inventory(config: &Config) -> Result<Inventory, StartupError> {
     Ok(inv)
 }
 
-/// Applies the sizing rules to one model: the memory it needs and where its layers go. Refuses,
-/// with the numbers, a model that cannot fit, before llama.cpp allocates anything.
-fn plan_model(
-    m: &ModelConfig,
-    inv: &Inventory,
-    n_batch: u32,
-) -> Result<(MemoryEstimate, Placement), StartupError> {
-    let info = GgufInfo::from_path(&m.path).map_err(|e| StartupError::Model {
-        id: m.id.clone(),
-        source: EngineError::ModelFile {
-            path: m.path.clone(),
-            reason: e.to_string(),
+/// What the sizing rules decided for one model.
+struct Plan {
+    deployment: Deployment,
+    estimate: MemoryEstimate,
+    placement: Placement,
+}
+
+/// Reads the model's GGUF header (the one read before llama.cpp opens the file), and applies
+/// the sizing rules to it: the memory the engine's context needs and where its layers go.
+/// Refuses, with the numbers, a model that cannot fit, before llama.cpp allocates anything.
+fn plan_model(m: &ModelConfig, inv: &Inventory) -> Result<Plan, StartupError> {
+    let info = GgufInfo::from_path(&m.path).map_err(|source| match source {
+        GgufError::NotFound { .. } | GgufError::Unreadable { .. } => StartupError::ModelMissing {
+            id: m.id.clone(),
+            source,
+        },
+        _ => StartupError::ModelInvalid {
+            id: m.id.clone(),
+            source,
         },
     })?;
-    let deployment = Deployment {
-        ctx_per_slot: m.ctx_per_slot,
+    let deployment = sizing::engine_deployment(&ModelSettings {
         slots: m.slots,
-        n_batch,
-        n_ubatch: n_batch.min(512),
-        kv_type: KvType::F16,
-        flash_attn: true,
-        swa_full: true,
-        kv_unified: true,
-    };
+        ctx_per_slot: m.ctx_per_slot,
+        batch_tokens: m.batch_tokens,
+    });
     let estimate = sizing::estimate(&info, &deployment);
     let layers = match m.gpu_layers {
         GpuLayersSetting::Count(n) => GpuLayers::N(n),
@@ -122,7 +121,11 @@ fn plan_model(
         model: m.id.clone(),
         reason: e.message,
     })?;
-    Ok((estimate, placement))
+    Ok(Plan {
+        deployment,
+        estimate,
+        placement,
+    })
 }
 
 /// How long each engine may take to stop once told: it finishes its current step first.
@@ -143,39 +146,33 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
 
 fn load_into(config: &Config, engines: &mut Engines) -> Result<(), StartupError> {
     let cores = appl_engine::physical_cores();
-    // The common mistakes (a wrong path, a file that is not GGUF) get their own message first.
-    for m in &config.models {
-        appl_engine::check_gguf_file(&m.path).map_err(|source| StartupError::Model {
-            id: m.id.clone(),
-            source,
-        })?;
-    }
+    // Every file is checked (and sized) before any model loads: a wrong path or a file that
+    // is not GGUF gets its own message, without a half-started daemon.
     let inventory = sizing_inventory(config)?;
-    for m in &config.models {
-        let n_batch = m.batch_tokens.max(m.slots);
-        let gpu_layers = {
-            let (est, placement) = plan_model(m, &inventory, n_batch)?;
-            info!(
-                target: "sizing",
-                model = %m.id,
-                weights_mib = mib(est.weights),
-                kv_mib = mib(est.kv),
-                compute_mib = mib(est.compute),
-                output_mib = mib(est.output_buffer),
-                total_mib = mib(est.total),
-                placement = %placement.summary(),
-                "memory plan"
-            );
-            placement.n_gpu_layers
-        };
+    let plans = config
+        .models
+        .iter()
+        .map(|m| plan_model(m, &inventory))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (m, plan) in config.models.iter().zip(plans) {
+        let est = &plan.estimate;
+        info!(
+            target: "sizing",
+            model = %m.id,
+            weights_mib = in_mib(est.weights),
+            kv_mib = in_mib(est.kv),
+            compute_mib = in_mib(est.compute),
+            output_mib = in_mib(est.output_buffer),
+            total_mib = in_mib(est.total),
+            placement = %plan.placement.summary(),
+            "memory plan"
+        );
         let spec = ModelSpec {
             id: m.id.clone(),
             path: m.path.clone(),
-            slots: m.slots,
-            ctx_per_slot: m.ctx_per_slot,
-            batch_tokens: m.batch_tokens,
+            deployment: plan.deployment,
             threads: if m.threads == 0 { cores } else { m.threads },
-            gpu_layers,
+            gpu_layers: plan.placement.n_gpu_layers,
             chat_template: template_spec(m),
             queue_capacity: config.limits.queue_capacity,
             queue: config.queue.policy(),

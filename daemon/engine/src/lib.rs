@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use appl_firmware_profiles::sizing::Deployment;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
@@ -34,15 +35,10 @@ use thread::{EngineThread, Msg};
 pub use admission::{Priority, TenantId};
 pub use metrics::{Histogram, HistogramSnapshot};
 pub use text::{Pushed, TextStreamer};
-pub use worker::check_gguf_file;
 
 /// Errors from loading a model or preparing a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("model file {path} does not exist; check `path` in the config, or fetch the demo model with scripts/fetch-model.sh")]
-    ModelMissing { path: PathBuf },
-    #[error("model file {path}: {reason}")]
-    ModelFile { path: PathBuf, reason: String },
     #[error("llama.cpp could not load {path} as a model; the file is not a complete, valid GGUF model (see the llama.cpp log lines before this one)")]
     ModelLoad { path: PathBuf },
     #[error("llama.cpp could not create a context for {path} with {n_ctx} tokens of KV cache; lower `slots` or `ctx_per_slot`")]
@@ -75,12 +71,10 @@ pub enum ChatTemplateSpec {
 pub struct ModelSpec {
     pub id: String,
     pub path: PathBuf,
-    /// Sequence slots: how many requests generate at once.
-    pub slots: u32,
-    /// Context of one slot, in tokens (prompt plus completion).
-    pub ctx_per_slot: u32,
-    /// Most tokens one engine step may carry (decode tokens plus prefill chunks).
-    pub batch_tokens: u32,
+    /// The llama.cpp context: slots, context per slot, batch sizes, KV layout and type, flash
+    /// attention. The very value the sizing rules planned this model's memory with
+    /// (`sizing::engine_deployment`), so the prediction and the allocation cannot differ.
+    pub deployment: Deployment,
     /// CPU threads for llama.cpp.
     pub threads: u32,
     /// Layers to offload to a GPU (0 on a CPU build).
@@ -90,6 +84,23 @@ pub struct ModelSpec {
     pub queue_capacity: u32,
     /// How the queue orders, pauses and reuses work.
     pub queue: QueuePolicy,
+}
+
+impl ModelSpec {
+    /// Sequence slots: how many requests generate at once.
+    pub fn slots(&self) -> u32 {
+        self.deployment.slots
+    }
+
+    /// Context of one slot, in tokens (prompt plus completion).
+    pub fn ctx_per_slot(&self) -> u32 {
+        self.deployment.ctx_per_slot
+    }
+
+    /// Most tokens one engine step carries (decode tokens plus prefill chunks).
+    pub fn batch_tokens(&self) -> u32 {
+        self.deployment.n_batch
+    }
 }
 
 /// Scheduling settings of one engine (see [`admission`]).
@@ -358,7 +369,6 @@ impl EngineHandle {
     /// Loads the model, creates its context and starts the engine thread. Returns once the model
     /// is ready to serve, or with an error that names the file.
     pub fn start(spec: ModelSpec) -> Result<Self, EngineError> {
-        worker::check_gguf_file(&spec.path)?;
         let backend = backend()?;
         let model = worker::load_model(backend, &spec)?;
         let template = worker::load_template(&model, &spec.chat_template)?;

@@ -1,15 +1,14 @@
 //! The engine thread: model loading and the continuous-batching loop.
 
 use std::collections::VecDeque;
-use std::io::Read;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use appl_firmware_profiles::sizing::{Deployment, KvType};
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -27,48 +26,6 @@ use crate::{
     len_u32, ChatTemplateSpec, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec,
     Sampling, Usage, HEARTBEAT,
 };
-
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-
-/// Checks that the file exists, is readable and starts like a GGUF file, so that the common
-/// mistakes get a clear message before llama.cpp sees the file.
-pub fn check_gguf_file(path: &Path) -> Result<(), EngineError> {
-    let err = |reason: String| EngineError::ModelFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => EngineError::ModelMissing {
-            path: path.to_owned(),
-        },
-        _ => err(format!("cannot be opened: {e}")),
-    })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| err(format!("cannot be read: {e}")))?;
-    if !meta.is_file() {
-        return Err(err("is not a regular file".to_owned()));
-    }
-    let mut header = [0u8; 8];
-    file.read_exact(&mut header).map_err(|_| {
-        err(format!(
-            "is too short to be a GGUF model ({} bytes)",
-            meta.len()
-        ))
-    })?;
-    if &header[..4] != GGUF_MAGIC {
-        return Err(err(
-            "is not a GGUF model (the file does not start with the GGUF magic number)".to_owned(),
-        ));
-    }
-    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(err(format!(
-            "has GGUF version {version}; this build of llama.cpp reads versions 2 and 3"
-        )));
-    }
-    Ok(())
-}
 
 pub(crate) fn load_model(
     backend: &LlamaBackend,
@@ -99,21 +56,46 @@ pub(crate) fn load_template(
     }
 }
 
-fn context_params(spec: &ModelSpec) -> LlamaContextParams {
-    let n_ctx = spec.slots * spec.ctx_per_slot;
-    let n_batch = spec.batch_tokens.max(spec.slots);
-    let threads = i32::try_from(spec.threads.max(1)).unwrap_or(i32::MAX);
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_ENABLED` and `_DISABLED` (`enum llama_flash_attn_type`).
+const FLASH_ATTN_ENABLED: i32 = 1;
+const FLASH_ATTN_DISABLED: i32 = 0;
+
+fn kv_cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F32 => KvCacheType::F32,
+        KvType::F16 => KvCacheType::F16,
+        KvType::Bf16 => KvCacheType::BF16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+        KvType::Q4_1 => KvCacheType::Q4_1,
+        KvType::Iq4Nl => KvCacheType::IQ4_NL,
+        KvType::Q5_0 => KvCacheType::Q5_0,
+        KvType::Q5_1 => KvCacheType::Q5_1,
+    }
+}
+
+/// The llama.cpp context of a deployment, exactly as the sizing rules planned it.
+fn context_params(d: &Deployment, threads: u32) -> LlamaContextParams {
+    let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
+    let kv = kv_cache_type(d.kv_type);
     LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch.min(512))
-        .with_n_seq_max(spec.slots)
+        .with_n_ctx(NonZeroU32::new(d.n_ctx()))
+        .with_n_batch(d.n_batch)
+        .with_n_ubatch(d.n_ubatch)
+        .with_n_seq_max(d.slots)
         // One KV pool for all slots: each slot is bounded by `ctx_per_slot` here, and a unified
-        // cache lets sequences share cells later (prefix reuse).
-        .with_kv_unified(true)
+        // cache lets sequences share cells (prefix reuse).
+        .with_kv_unified(d.kv_unified)
         // Full-size sliding-window caches: a slot's cached KV stays complete, so a finished
         // slot's prefix can be reused and a paused sequence's state saved whole.
-        .with_swa_full(true)
+        .with_swa_full(d.swa_full)
+        .with_type_k(kv)
+        .with_type_v(kv)
+        .with_flash_attention_policy(if d.flash_attn {
+            FLASH_ATTN_ENABLED
+        } else {
+            FLASH_ATTN_DISABLED
+        })
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
 }
@@ -207,18 +189,19 @@ pub(crate) fn run(
     started: Instant,
     ready: &mpsc::Sender<Result<(), EngineError>>,
 ) {
-    let ctx = match model.new_context(backend, context_params(spec)) {
+    let d = &spec.deployment;
+    let ctx = match model.new_context(backend, context_params(d, spec.threads)) {
         Ok(ctx) => ctx,
         Err(_) => {
             let _ = ready.send(Err(EngineError::Context {
                 path: spec.path.clone(),
-                n_ctx: spec.slots * spec.ctx_per_slot,
+                n_ctx: d.n_ctx(),
             }));
             return;
         }
     };
-    let batch_capacity = spec.batch_tokens.max(spec.slots) as usize;
-    let n = spec.slots as usize;
+    let batch_capacity = d.n_batch as usize;
+    let n = d.slots as usize;
     let mut engine = Engine {
         model,
         ctx,
@@ -237,9 +220,11 @@ pub(crate) fn run(
     info!(
         target: "engine",
         model = %spec.id,
-        slots = spec.slots,
-        ctx_per_slot = spec.ctx_per_slot,
-        batch_tokens = spec.batch_tokens,
+        slots = d.slots,
+        ctx_per_slot = d.ctx_per_slot,
+        n_batch = d.n_batch,
+        n_ubatch = d.n_ubatch,
+        flash_attn = d.flash_attn,
         threads = spec.threads,
         preemption = spec.queue.preemption,
         batch_max_wait_ms = spec.queue.batch_max_wait.as_millis() as u64,
@@ -577,7 +562,7 @@ impl Engine<'_> {
         let mut history = history;
         // One allocation per request at most: the history never outgrows the slot's context.
         let want =
-            (job.prompt.len() + job.max_tokens as usize).min(self.spec.ctx_per_slot as usize);
+            (job.prompt.len() + job.max_tokens as usize).min(self.spec.ctx_per_slot() as usize);
         history.reserve(want.saturating_sub(history.len()));
         let mut sampler = build_sampler(&job.sampling, self.model.n_vocab());
         sampler.accept_many(job.prompt.iter().map(|&t| LlamaToken(t)));
@@ -779,7 +764,7 @@ impl Engine<'_> {
                     }
                 }
             }
-            let ctx_full = a.n_past >= i32::try_from(self.spec.ctx_per_slot).unwrap_or(i32::MAX);
+            let ctx_full = a.n_past >= i32::try_from(self.spec.ctx_per_slot()).unwrap_or(i32::MAX);
             if a.generated >= a.job.max_tokens || ctx_full {
                 self.finish(i, FinishReason::Length, None);
             } else {
@@ -790,7 +775,7 @@ impl Engine<'_> {
 
     /// Tokens one step may carry.
     fn batch_budget(&self) -> usize {
-        self.spec.batch_tokens.max(self.spec.slots) as usize
+        self.spec.batch_tokens() as usize
     }
 
     /// Ends the request in slot `i`. Its KV cells stay cached for prefix reuse when that is on
@@ -856,4 +841,38 @@ impl Engine<'_> {
 
 fn seq(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appl_firmware_profiles::sizing::{engine_deployment, ModelSettings};
+
+    /// The sizing rules plan memory for `engine_deployment`; the engine must create exactly
+    /// that context, or a prediction and the real allocation could disagree.
+    #[test]
+    fn the_context_is_the_deployment_the_sizing_rules_planned() {
+        for (slots, ctx_per_slot, batch_tokens) in [(8, 2048, 2048), (4, 512, 256), (16, 4096, 8)] {
+            let d = engine_deployment(&ModelSettings {
+                slots,
+                ctx_per_slot,
+                batch_tokens,
+            });
+            let p = context_params(&d, 2);
+            assert_eq!(p.n_ctx().map(NonZeroU32::get), Some(d.n_ctx()), "{d:?}");
+            assert_eq!(p.n_batch(), d.n_batch, "{d:?}");
+            assert_eq!(p.n_ubatch(), d.n_ubatch, "{d:?}");
+            assert_eq!(p.n_seq_max(), d.slots, "{d:?}");
+            assert_eq!(p.kv_unified(), d.kv_unified, "{d:?}");
+            assert_eq!(p.swa_full(), d.swa_full, "{d:?}");
+            assert_eq!(p.type_k(), kv_cache_type(d.kv_type), "{d:?}");
+            assert_eq!(p.type_v(), kv_cache_type(d.kv_type), "{d:?}");
+            let fa = if d.flash_attn {
+                FLASH_ATTN_ENABLED
+            } else {
+                FLASH_ATTN_DISABLED
+            };
+            assert_eq!(p.flash_attention_policy(), fa, "{d:?}");
+        }
+    }
 }

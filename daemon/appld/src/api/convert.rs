@@ -208,8 +208,8 @@ pub fn model_to_pb(state: &AppState, e: &EngineHandle, sha256: Option<Digest>) -
     pb::ModelInfo {
         id: spec.id.clone(),
         path: spec.path.display().to_string(),
-        slots: spec.slots,
-        ctx_per_slot: spec.ctx_per_slot,
+        slots: spec.slots(),
+        ctx_per_slot: spec.ctx_per_slot(),
         n_ctx_train: facts.n_ctx_train,
         n_params: facts.n_params,
         size_bytes: facts.size_bytes,
@@ -229,7 +229,7 @@ pub fn engine_status_to_pb(e: &EngineHandle) -> pb::EngineStatus {
     let s = e.stats();
     pb::EngineStatus {
         model: e.spec().id.clone(),
-        slots: e.spec().slots,
+        slots: e.spec().slots(),
         busy_slots: s.busy_slots,
         queued: s.queued,
         steps: s.steps,

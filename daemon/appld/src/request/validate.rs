@@ -152,7 +152,7 @@ impl AppState {
             )));
         }
         let prompt = engine.tokenize(&prompt_text);
-        let ctx = engine.spec().ctx_per_slot as usize;
+        let ctx = engine.spec().ctx_per_slot() as usize;
         if prompt.len() >= ctx {
             return Err(invalid(format!(
                 "the prompt is {} tokens, but a slot's context for model {} is {ctx} tokens (prompt plus completion); shorten the prompt",
