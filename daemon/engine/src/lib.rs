@@ -15,6 +15,7 @@
 //! Nothing here knows the wire format, and nothing here logs prompt or completion text.
 
 pub mod admission;
+mod load;
 pub mod metrics;
 mod text;
 mod thread;
@@ -370,8 +371,8 @@ impl EngineHandle {
     /// is ready to serve, or with an error that names the file.
     pub fn start(spec: ModelSpec) -> Result<Self, EngineError> {
         let backend = backend()?;
-        let model = worker::load_model(backend, &spec)?;
-        let template = worker::load_template(&model, &spec.chat_template)?;
+        let model = load::load_model(backend, &spec)?;
+        let template = load::load_template(&model, &spec.chat_template)?;
         let facts = ModelFacts {
             n_ctx_train: model.n_ctx_train(),
             n_params: model.n_params(),

@@ -1,129 +1,30 @@
-//! The engine thread: model loading and the continuous-batching loop.
+//! The engine thread: its loop, and the scheduling of requests into slots (queue, pause and
+//! resume, prefix reuse, ends). One step of the batch is `step.rs`.
+
+mod step;
 
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 use std::time::Instant;
 
-use appl_firmware_profiles::sizing::{Deployment, KvType};
-use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{self, Claim, Priority, Queue, Running};
-use crate::text::{Pushed, TextStreamer};
+use crate::load::{build_sampler, context_params};
+use crate::text::TextStreamer;
 use crate::thread::Msg;
 use crate::{
-    len_u32, ChatTemplateSpec, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec,
-    Sampling, Usage, HEARTBEAT,
+    len_u32, EngineError, EngineStats, Event, FinishReason, Job, ModelSpec, Usage, HEARTBEAT,
 };
-
-pub(crate) fn load_model(
-    backend: &LlamaBackend,
-    spec: &ModelSpec,
-) -> Result<LlamaModel, EngineError> {
-    let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
-    LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|_| EngineError::ModelLoad {
-        path: spec.path.clone(),
-    })
-}
-
-pub(crate) fn load_template(
-    model: &LlamaModel,
-    spec: &ChatTemplateSpec,
-) -> Result<Option<LlamaChatTemplate>, EngineError> {
-    let bad = |e: &dyn std::fmt::Display| EngineError::ChatTemplate(e.to_string());
-    match spec {
-        ChatTemplateSpec::Embedded => Ok(model.chat_template(None).ok()),
-        ChatTemplateSpec::Named(name) => {
-            LlamaChatTemplate::new(name).map(Some).map_err(|e| bad(&e))
-        }
-        ChatTemplateSpec::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                EngineError::ChatTemplate(format!("cannot read {}: {e}", path.display()))
-            })?;
-            LlamaChatTemplate::new(&text).map(Some).map_err(|e| bad(&e))
-        }
-    }
-}
-
-/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_ENABLED` and `_DISABLED` (`enum llama_flash_attn_type`).
-const FLASH_ATTN_ENABLED: i32 = 1;
-const FLASH_ATTN_DISABLED: i32 = 0;
-
-fn kv_cache_type(t: KvType) -> KvCacheType {
-    match t {
-        KvType::F32 => KvCacheType::F32,
-        KvType::F16 => KvCacheType::F16,
-        KvType::Bf16 => KvCacheType::BF16,
-        KvType::Q8_0 => KvCacheType::Q8_0,
-        KvType::Q4_0 => KvCacheType::Q4_0,
-        KvType::Q4_1 => KvCacheType::Q4_1,
-        KvType::Iq4Nl => KvCacheType::IQ4_NL,
-        KvType::Q5_0 => KvCacheType::Q5_0,
-        KvType::Q5_1 => KvCacheType::Q5_1,
-    }
-}
-
-/// The llama.cpp context of a deployment, exactly as the sizing rules planned it.
-fn context_params(d: &Deployment, threads: u32) -> LlamaContextParams {
-    let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
-    let kv = kv_cache_type(d.kv_type);
-    LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(d.n_ctx()))
-        .with_n_batch(d.n_batch)
-        .with_n_ubatch(d.n_ubatch)
-        .with_n_seq_max(d.slots)
-        // One KV pool for all slots: each slot is bounded by `ctx_per_slot` here, and a unified
-        // cache lets sequences share cells (prefix reuse).
-        .with_kv_unified(d.kv_unified)
-        // Full-size sliding-window caches: a slot's cached KV stays complete, so a finished
-        // slot's prefix can be reused and a paused sequence's state saved whole.
-        .with_swa_full(d.swa_full)
-        .with_type_k(kv)
-        .with_type_v(kv)
-        .with_flash_attention_policy(if d.flash_attn {
-            FLASH_ATTN_ENABLED
-        } else {
-            FLASH_ATTN_DISABLED
-        })
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads)
-}
-
-fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
-    let mut chain = Vec::new();
-    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
-        chain.push(LlamaSampler::penalties(
-            n_vocab,
-            s.repeat_last_n,
-            s.repeat_penalty,
-            0.0,
-            0.0,
-        ));
-    }
-    if s.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if s.top_k > 0 {
-            chain.push(LlamaSampler::top_k(s.top_k));
-        }
-        chain.push(LlamaSampler::top_p(s.top_p, 1));
-        chain.push(LlamaSampler::min_p(s.min_p, 1));
-        chain.push(LlamaSampler::temp(s.temperature));
-        chain.push(LlamaSampler::dist(s.seed));
-    }
-    LlamaSampler::chain_simple(chain)
-}
 
 /// A request that holds a slot, or is paused.
 struct Active {
@@ -625,159 +526,6 @@ impl Engine<'_> {
         }
     }
 
-    /// One engine step: a decode token for every generating slot, then prefill chunks up to the
-    /// token budget, in one llama_decode call.
-    fn step(&mut self) {
-        self.batch.clear();
-        let budget = self.batch_budget();
-        let mut sequences = 0u32;
-        let mut prefilled = 0u64;
-        self.in_batch.iter_mut().for_each(|b| *b = false);
-        // While an interactive prompt is being prefilled, batch sequences sit the step out: the
-        // step is then as short as on an idle engine, so the interactive request's first token
-        // comes about as fast as when idle. Batch work loses one step per interactive arrival.
-        let interactive_first =
-            self.slots.iter().flatten().any(|a| {
-                a.claim.priority == Priority::Interactive && a.prefilled < a.job.prompt.len()
-            });
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(a) = slot else { continue };
-            a.logits_at = None;
-            if interactive_first && a.claim.priority == Priority::Batch {
-                continue;
-            }
-            if let Some(token) = a.next.take() {
-                a.logits_at = Some(self.batch.n_tokens());
-                // The batch holds at least one token per slot, so this cannot run out of space.
-                if self.batch.add(token, a.n_past, &[seq(i)], true).is_err() {
-                    a.next = Some(token);
-                    a.logits_at = None;
-                    continue;
-                }
-                a.n_past += 1;
-                a.history.push(token.0);
-                sequences += 1;
-                self.in_batch[i] = true;
-            }
-        }
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(a) = slot else { continue };
-            let remaining = a.job.prompt.len() - a.prefilled;
-            if remaining == 0 || a.logits_at.is_some() {
-                continue;
-            }
-            if interactive_first && a.claim.priority == Priority::Batch {
-                continue;
-            }
-            let room = budget.saturating_sub(self.batch.n_tokens() as usize);
-            if room == 0 {
-                break;
-            }
-            let take = remaining.min(room);
-            for k in 0..take {
-                let idx = a.prefilled + k;
-                let last = idx + 1 == a.job.prompt.len();
-                if last {
-                    a.logits_at = Some(self.batch.n_tokens());
-                }
-                // `take` is bounded by the room left in the batch.
-                let _ = self
-                    .batch
-                    .add(LlamaToken(a.job.prompt[idx]), a.n_past, &[seq(i)], last);
-                a.n_past += 1;
-            }
-            a.history
-                .extend_from_slice(&a.job.prompt[a.prefilled..a.prefilled + take]);
-            a.prefilled += take;
-            prefilled += take as u64;
-            sequences += 1;
-            self.in_batch[i] = true;
-        }
-        if self.batch.n_tokens() == 0 {
-            return;
-        }
-
-        let stats = self.stats;
-        stats.steps.fetch_add(1, Ordering::Relaxed);
-        stats
-            .max_batch_sequences
-            .fetch_max(sequences, Ordering::Relaxed);
-        stats.batch_sequences.observe(f64::from(sequences));
-        stats
-            .tokens_prefilled
-            .fetch_add(prefilled, Ordering::Relaxed);
-
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
-            warn!(target: "engine", model = %self.spec.id, error = %e, "llama_decode failed; failing the requests in this step");
-            for i in 0..self.in_batch.len() {
-                if self.in_batch[i] {
-                    self.finish(
-                        i,
-                        FinishReason::Error,
-                        Some(format!("llama_decode failed: {e}")),
-                    );
-                }
-            }
-            return;
-        }
-
-        for i in 0..self.slots.len() {
-            let Some(a) = &mut self.slots[i] else {
-                continue;
-            };
-            let Some(at) = a.logits_at.take() else {
-                continue;
-            };
-            let token = a.sampler.sample(&self.ctx, at);
-            let now = Instant::now();
-            match a.last_token {
-                None => stats.ttft.observe((now - a.job.received).as_secs_f64()),
-                Some(t) => stats.inter_token.observe((now - t).as_secs_f64()),
-            }
-            a.last_token = Some(now);
-            a.first_token.get_or_insert(now);
-            if self.model.vocab().is_eog(token) {
-                self.finish(i, FinishReason::Stop, None);
-                continue;
-            }
-            a.generated += 1;
-            stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            a.pending_ids.push(token.0);
-            let piece = self.model.vocab().token_to_piece(token, false, None);
-            match a.streamer.push(&piece) {
-                Pushed::Stopped(text) => {
-                    let ids = std::mem::take(&mut a.pending_ids);
-                    let _ = a.job.events.send(Event::Tokens {
-                        text,
-                        token_ids: ids,
-                    });
-                    self.finish(i, FinishReason::Stop, None);
-                    continue;
-                }
-                Pushed::Text(text) => {
-                    if !text.is_empty() {
-                        let ids = std::mem::take(&mut a.pending_ids);
-                        let _ = a.job.events.send(Event::Tokens {
-                            text,
-                            token_ids: ids,
-                        });
-                    }
-                }
-            }
-            let ctx_full = a.n_past >= i32::try_from(self.spec.ctx_per_slot()).unwrap_or(i32::MAX);
-            if a.generated >= a.job.max_tokens || ctx_full {
-                self.finish(i, FinishReason::Length, None);
-            } else {
-                a.next = Some(token);
-            }
-        }
-    }
-
-    /// Tokens one step may carry.
-    fn batch_budget(&self) -> usize {
-        self.spec.batch_tokens() as usize
-    }
-
     /// Ends the request in slot `i`. Its KV cells stay cached for prefix reuse when that is on
     /// and the request ended cleanly; otherwise they are freed.
     fn finish(&mut self, i: usize, reason: FinishReason, error: Option<String>) {
@@ -841,38 +589,4 @@ impl Engine<'_> {
 
 fn seq(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use appl_firmware_profiles::sizing::{engine_deployment, ModelSettings};
-
-    /// The sizing rules plan memory for `engine_deployment`; the engine must create exactly
-    /// that context, or a prediction and the real allocation could disagree.
-    #[test]
-    fn the_context_is_the_deployment_the_sizing_rules_planned() {
-        for (slots, ctx_per_slot, batch_tokens) in [(8, 2048, 2048), (4, 512, 256), (16, 4096, 8)] {
-            let d = engine_deployment(&ModelSettings {
-                slots,
-                ctx_per_slot,
-                batch_tokens,
-            });
-            let p = context_params(&d, 2);
-            assert_eq!(p.n_ctx().map(NonZeroU32::get), Some(d.n_ctx()), "{d:?}");
-            assert_eq!(p.n_batch(), d.n_batch, "{d:?}");
-            assert_eq!(p.n_ubatch(), d.n_ubatch, "{d:?}");
-            assert_eq!(p.n_seq_max(), d.slots, "{d:?}");
-            assert_eq!(p.kv_unified(), d.kv_unified, "{d:?}");
-            assert_eq!(p.swa_full(), d.swa_full, "{d:?}");
-            assert_eq!(p.type_k(), kv_cache_type(d.kv_type), "{d:?}");
-            assert_eq!(p.type_v(), kv_cache_type(d.kv_type), "{d:?}");
-            let fa = if d.flash_attn {
-                FLASH_ATTN_ENABLED
-            } else {
-                FLASH_ATTN_DISABLED
-            };
-            assert_eq!(p.flash_attention_policy(), fa, "{d:?}");
-        }
-    }
 }
