@@ -115,6 +115,10 @@ fn deadline_error(done: u32, max: u32) -> RequestError {
     RequestError::Deadline(format!("the deadline passed after {done} of {max} tokens"))
 }
 
+fn generation_failed(error: Option<String>) -> RequestError {
+    RequestError::Generation(error.unwrap_or_else(|| "generation failed".to_owned()))
+}
+
 fn stopped() -> RequestError {
     RequestError::EngineStopped("the engine stopped during the request".to_owned())
 }
@@ -170,9 +174,7 @@ pub async fn run_to_end(
             } => {
                 log_done(&p, reason, &usage);
                 let result = match reason {
-                    FinishReason::Error => Err(RequestError::Generation(
-                        error.unwrap_or_else(|| "generation failed".to_owned()),
-                    )),
+                    FinishReason::Error => Err(generation_failed(error)),
                     FinishReason::Deadline => {
                         Err(deadline_error(usage.completion_tokens, p.max_tokens))
                     }
@@ -229,9 +231,7 @@ pub async fn run_streaming(
                 } => {
                     log_done(&p, reason, &usage);
                     let last = if reason == FinishReason::Error {
-                        Err(RequestError::Generation(
-                            error.unwrap_or_else(|| "generation failed".to_owned()),
-                        ))
+                        Err(generation_failed(error))
                     } else {
                         Ok(Piece::Done {
                             reason,
