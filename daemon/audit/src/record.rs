@@ -358,8 +358,12 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub struct NewRecord {
     /// Who: the authenticated identity (`system` for the daemon itself).
     pub actor: Ident,
-    /// The caller's role.
+    /// The role the action was allowed (or refused) under.
     pub role: Role,
+    /// Every role of the actor's identity, `+`-joined (`inference+gateway`).
+    pub roles: Option<Ident>,
+    /// The tenant the request belongs to.
+    pub tenant: Option<Ident>,
     /// The peer address (`127.0.0.1:5000`, `unix:uid=0`), if there is a peer.
     pub peer: Option<Ident>,
     /// What.
@@ -393,6 +397,8 @@ impl NewRecord {
         NewRecord {
             actor,
             role,
+            roles: None,
+            tenant: None,
             peer: None,
             action,
             phase,
@@ -428,6 +434,12 @@ pub struct Record {
     pub actor: Ident,
     /// See [`NewRecord::role`].
     pub role: Role,
+    /// See [`NewRecord::roles`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Ident>,
+    /// See [`NewRecord::tenant`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Ident>,
     /// See [`NewRecord::peer`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Ident>,
@@ -471,6 +483,8 @@ pub const FIELDS: &[&str] = &[
     "ts",
     "actor",
     "role",
+    "roles",
+    "tenant",
     "peer",
     "action",
     "phase",
@@ -502,6 +516,8 @@ impl Record {
             ts,
             actor: n.actor,
             role: n.role,
+            roles: n.roles,
+            tenant: n.tenant,
             peer: n.peer,
             action: n.action,
             phase: n.phase,
