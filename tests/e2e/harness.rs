@@ -69,6 +69,10 @@ pub struct Opts {
     pub log_filter: String,
     /// Serve TCP without TLS (`tls.insecure_plaintext`).
     pub plaintext_tcp: bool,
+    /// More `[tls]` keys, such as `client_certs = "optional"`.
+    pub tls_extra: String,
+    /// `server.socket_mode`.
+    pub socket_mode: u32,
 }
 
 impl Default for Opts {
@@ -85,6 +89,8 @@ impl Default for Opts {
             drain_timeout_secs: 30,
             log_filter: "info,llama.cpp=warn,ggml=warn".to_owned(),
             plaintext_tcp: false,
+            tls_extra: String::new(),
+            socket_mode: 0o660,
         }
     }
 }
@@ -98,6 +104,7 @@ pub fn config_text(dir: &Path, o: &Opts) -> String {
 [server]
 listen = "127.0.0.1:0"
 socket = "{socket}"
+socket_mode = {socket_mode:#o}
 metrics_listen = "127.0.0.1:0"
 drain_timeout_secs = {drain}
 
@@ -127,6 +134,7 @@ chat_template = "gemma"
         tls = tls_config(dir, o),
         extra = o.extra_config,
         socket = dir.join("appld.sock").display(),
+        socket_mode = o.socket_mode,
         audit = o
             .audit_dir
             .clone()
@@ -145,13 +153,14 @@ chat_template = "gemma"
 /// The `[tls]` table and the mapped identities of a test daemon in `dir`.
 fn tls_config(dir: &Path, o: &Opts) -> String {
     if o.plaintext_tcp {
-        return "[tls]\ninsecure_plaintext = true\n".to_owned();
+        return format!("[tls]\ninsecure_plaintext = true\n{}\n", o.tls_extra);
     }
     let mut t = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}\n",
         dir.join("server.crt").display(),
         dir.join("server.key").display(),
-        dir.join("ca.crt").display()
+        dir.join("ca.crt").display(),
+        o.tls_extra
     );
     for (cn, tenant, roles) in IDENTITIES {
         t.push_str(&format!(

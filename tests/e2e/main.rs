@@ -11,5 +11,6 @@ mod generate;
 mod harness;
 mod lifecycle;
 mod queue;
+mod security;
 mod sizing;
 mod startup;
