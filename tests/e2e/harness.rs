@@ -150,10 +150,25 @@ chat_template = "gemma"
     )
 }
 
-/// The `[tls]` table and the mapped identities of a test daemon in `dir`.
+/// A site CA, its certificate in `dir/ca.crt`, and the server's certificate and key in
+/// `dir/server.crt` and `dir/server.key`.
+pub fn write_pki(dir: &Path) -> Ca {
+    let ca = Ca::new("appl e2e site CA");
+    let (cert, key) = ca.server();
+    std::fs::write(dir.join("ca.crt"), &ca.pem).expect("write CA");
+    std::fs::write(dir.join("server.crt"), cert).expect("write server cert");
+    std::fs::write(dir.join("server.key"), key).expect("write server key");
+    ca
+}
+
+/// The `[tls]` table and the mapped identities of a test daemon in `dir`. Writes a site CA and
+/// server certificate there first if there are none.
 fn tls_config(dir: &Path, o: &Opts) -> String {
     if o.plaintext_tcp {
         return format!("[tls]\ninsecure_plaintext = true\n{}\n", o.tls_extra);
+    }
+    if !dir.join("server.crt").exists() {
+        write_pki(dir);
     }
     let mut t = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}\n",
@@ -213,14 +228,7 @@ impl Daemon {
 
     pub fn start_with(o: Opts) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = (!o.plaintext_tcp).then(|| {
-            let ca = Ca::new("appl e2e site CA");
-            let (cert, key) = ca.server();
-            std::fs::write(dir.path().join("ca.crt"), &ca.pem).expect("write CA");
-            std::fs::write(dir.path().join("server.crt"), cert).expect("write server cert");
-            std::fs::write(dir.path().join("server.key"), key).expect("write server key");
-            ca
-        });
+        let ca = (!o.plaintext_tcp).then(|| write_pki(dir.path()));
         let config = dir.path().join("appld.toml");
         std::fs::write(&config, config_text(dir.path(), &o)).expect("write config");
         let audit_dir = o

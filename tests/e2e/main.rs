@@ -11,6 +11,7 @@ mod generate;
 mod harness;
 mod lifecycle;
 mod queue;
+mod recovery;
 mod security;
 mod sizing;
 mod startup;

@@ -27,7 +27,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// A TLS file named by `[tls]` cannot be used (missing, unreadable, not PEM, wrong key).
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
 

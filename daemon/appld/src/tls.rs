@@ -133,7 +133,7 @@ impl TlsSettings {
 
 /// Why TLS material could not be loaded. The message names the file and the key.
 #[derive(Debug, thiserror::Error)]
-#[error("{key} ({path}): {why}")]
+#[error("config key `{key}` ({path}): {why}")]
 pub struct TlsError {
     pub key: &'static str,
     pub path: PathBuf,
