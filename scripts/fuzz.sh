@@ -22,19 +22,19 @@ fi
 
 case "${1:-}" in
   build)
-    cargo fuzz build --fuzz-dir fuzz --dev
+    cargo fuzz build --fuzz-dir fuzz
     ;;
   run)
     t=$2 secs=$3
     mkdir -p "fuzz/target/corpus-new/$t"
-    nice -n 19 cargo fuzz run --fuzz-dir fuzz --dev "$t" "fuzz/target/corpus-new/$t" "fuzz/corpus/$t" -- \
+    nice -n 19 cargo fuzz run --fuzz-dir fuzz "$t" "fuzz/target/corpus-new/$t" "fuzz/corpus/$t" -- \
       -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
     ;;
   smoke)
     for t in "${TARGETS[@]}"; do "$0" run "$t" "${2:-5}"; done
     ;;
   seeds)
-    (cd fuzz && cargo run --bin make_seeds)
+    (cd fuzz/seeds && cargo run --release)
     ;;
   *)
     echo "usage: $0 build | run TARGET SECS | smoke SECS | seeds" >&2

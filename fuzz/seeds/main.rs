@@ -9,7 +9,7 @@ use appl_proto::v1 as pb;
 use prost::Message;
 
 fn corpus(target: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus").join(target);
     std::fs::create_dir_all(&d).expect("corpus dir");
     d
 }
@@ -19,7 +19,7 @@ fn put(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let packaged = std::fs::read(root.join("packaging/appld.toml")).expect("packaged config");
     put("config_parse", "packaged.toml", &packaged);
     put(

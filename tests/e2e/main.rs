@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod queue;
 mod recovery;
+mod reflection;
 mod security;
 mod sizing;
 mod startup;

@@ -415,6 +415,98 @@ mod tests {
         assert_eq!(b.scan(&[0, 11]), Some(11));
     }
 
+    /// Any Admin method but the reads is on record: admitted before it runs, completed with
+    /// the status its trailers carry; and a caller without the operator role never reaches it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_actions_are_recorded_and_need_the_operator_role() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = crate::config::AuditSettings {
+            dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let audit = Arc::new(Auditor::open(&settings).await.expect("audit log"));
+        let state = Arc::new(
+            AppState::new(
+                Default::default(),
+                String::new(),
+                crate::config::LimitsConfig::default(),
+                Default::default(),
+            )
+            .with_auth(crate::identity::AuthTable::new(
+                &crate::identity::config::AuthSettings::default(),
+                &[],
+                &[],
+                &[],
+            )),
+        );
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&calls);
+        // A stand-in for a future Admin method: answers OK in its trailers.
+        let inner = tower::service_fn(move |_req: Request<Body>| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().expect("ascii"));
+                let frames = futures::stream::iter([
+                    Ok::<_, axum::Error>(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                Ok::<_, Infallible>(Response::new(Body::new(http_body_util::StreamBody::new(
+                    frames,
+                ))))
+            }
+        });
+        let mut edge = EdgeLayer::new(Arc::clone(&state), Arc::clone(&audit)).layer(inner);
+        let call = |uid: u32| {
+            let mut req = Request::post("/appl.v1.Admin/StartDrain")
+                .body(Body::empty())
+                .expect("request");
+            req.extensions_mut().insert(PeerAuth::Unix {
+                uid,
+                gid: uid,
+                groups: vec![uid].into(),
+            });
+            req
+        };
+        let resp = edge.call(call(0)).await.expect("infallible");
+        let collected = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("body");
+        assert_eq!(collected.trailers().and_then(grpc_status), Some(0));
+        // uid 4242 is not an admin: refused at the edge, never reaching the method.
+        let resp = edge.call(call(4242)).await.expect("infallible");
+        assert_eq!(
+            grpc_status(resp.headers()),
+            Some(tonic::Code::PermissionDenied as u32)
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        let tail = audit.log().tail(10).expect("tail");
+        let actions: Vec<(String, String, Option<u32>)> = tail
+            .iter()
+            .map(|r| {
+                (
+                    r.record.action.name(),
+                    r.record.actor.to_string(),
+                    r.record.status,
+                )
+            })
+            .collect();
+        assert!(
+            actions.contains(&("admin.start_drain".into(), "uid:0".into(), None)),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&("admin.start_drain".into(), "uid:0".into(), Some(0))),
+            "{actions:?}"
+        );
+        assert!(
+            actions.contains(&("auth.denied".into(), "uid:4242".into(), Some(7))),
+            "{actions:?}"
+        );
+        audit.stop().await;
+    }
+
     #[test]
     fn metadata_is_counted_as_http2_does() {
         let mut h = HeaderMap::new();
