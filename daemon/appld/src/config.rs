@@ -47,8 +47,8 @@ pub struct Config {
     /// `[queue]`: priorities, preemption, prefix reuse.
     #[serde(default)]
     pub queue: QueueConfig,
-    /// `[[tenants]]`: weights, limits and default priorities. Requests name their tenant in the
-    /// `x-appl-tenant` metadata; unknown tenants share the `default` tenant.
+    /// `[[tenants]]`: weights, limits and default priorities. A request's tenant comes from its
+    /// caller's identity; a `gateway` identity may name one in the `x-appl-tenant` metadata.
     #[serde(default)]
     pub tenants: Vec<crate::tenants::TenantConfig>,
     #[serde(default)]

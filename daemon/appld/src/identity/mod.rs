@@ -118,8 +118,8 @@ impl Caller {
         })
     }
 
-    /// A caller for daemon-internal use and tests.
-    pub fn new_for_tests(actor: &str, tenant: &str, roles: Roles) -> Caller {
+    #[cfg(test)]
+    pub(crate) fn new_for_tests(actor: &str, tenant: &str, roles: Roles) -> Caller {
         Caller {
             actor: Ident::new(actor).unwrap_or_else(|_| anonymous()),
             roles,
