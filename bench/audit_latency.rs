@@ -88,7 +88,6 @@ fn main() {
         log_filter: "warn,appld=info,audit=debug".to_owned(),
         ..harness::Opts::default()
     });
-    let tcp = d.tcp;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -123,11 +122,8 @@ fn main() {
         let before = audited(&d).len();
         let started = Instant::now();
         rt.block_on(async {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{tcp}"))
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
+            // Over TCP with mTLS, as a remote client would.
+            let ch = d.tcp_channel().await;
             let mut tasks = Vec::new();
             for c in 0..clients {
                 let mut client = pb::inference_client::InferenceClient::new(ch.clone());

@@ -20,6 +20,16 @@ cat > target/demo/appld.toml <<TOML
 listen = "127.0.0.1:50051"
 socket = "$SOCKET"
 
+# The demo serves TCP WITHOUT TLS, on 127.0.0.1 only, so that grpcurl -plaintext works out of
+# the box; appld warns about it at start and in applctl status. A real site sets [tls] (see
+# packaging/appld.toml and SECURITY.md).
+[tls]
+insecure_plaintext = true
+
+[auth]
+# Callers on the plaintext port have no identity: let them run inference, nothing else.
+anonymous_roles = ["inference"]
+
 [audit]
 dir = "$PWD/target/demo/audit"
 
@@ -31,7 +41,7 @@ ctx_per_slot = 2048
 chat_template = "gemma"
 TOML
 
-echo "demo: appld serves gRPC on 127.0.0.1:50051 and $SOCKET" >&2
+echo "demo: appld serves gRPC on 127.0.0.1:50051 (plaintext, inference only) and $SOCKET" >&2
 if [[ $SOCKET != /run/appl/appld.sock ]]; then
   echo "demo: in another shell: export APPL_SOCKET=$SOCKET" >&2
 fi

@@ -3,7 +3,7 @@
 # Needs root (or sudo) only when something is missing. Rust itself (>= 1.88) must come from rustup.
 set -euo pipefail
 
-PKGS=(build-essential cmake clang libclang-dev pkg-config python3 python3-pip git)
+PKGS=(build-essential cmake clang libclang-dev pkg-config python3 python3-pip python3-venv git)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -305,7 +305,7 @@ pub async fn run(conn: &ConnArgs, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
 
 async fn audit_client(
     conn: &ConnArgs,
-) -> anyhow::Result<pb::audit_client::AuditClient<tonic::transport::Channel>> {
+) -> anyhow::Result<pb::audit_client::AuditClient<appl_proto::client::Authed>> {
     Ok(pb::audit_client::AuditClient::new(conn.connect().await?))
 }
 

@@ -1,11 +1,13 @@
 //! `applctl`: the operator's tool for appl.
 //!
-//! It talks to `appld` over the local Unix socket by default, or over TCP with `--addr`. Read
+//! It talks to `appld` over the local Unix socket by default, or over TCP with `--addr` (mTLS with
+//! `--ca`, `--cert`, `--key`; an API key with `--api-key`). Read
 //! commands accept `--json`. Exit codes: 0 success, 1 failure, 2 usage error.
 
 #![forbid(unsafe_code)]
 
 mod audit;
+mod certs;
 mod check;
 mod client;
 mod plan;
@@ -56,6 +58,16 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: audit::AuditCmd,
+    },
+    /// A site CA and certificates for offline sites (init-ca, issue), and their expiry (show).
+    Certs {
+        #[command(subcommand)]
+        cmd: certs::CertsCmd,
+    },
+    /// API keys: make one (the config stores only its SHA-256).
+    Keys {
+        #[command(subcommand)]
+        cmd: certs::KeysCmd,
     },
 }
 
@@ -128,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Check(args) => check::run(&args),
         Cmd::Plan(args) => plan::run(&args),
         Cmd::Audit { cmd } => audit::run(&cli.conn, &cmd).await,
+        Cmd::Certs { cmd } => certs::run(&cmd),
+        Cmd::Keys { cmd } => certs::keys(&cmd),
     }
 }
 
@@ -342,10 +356,24 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
                 "state": s.audit_state, "reason": s.audit_reason,
                 "records": s.audit_records, "key": s.audit_key,
             },
+            "tcp_security": s.tcp_security,
+            "certificates": s.certificates.iter().map(|c| serde_json::json!({
+                "role": c.role, "subject": c.subject, "not_after": c.not_after,
+                "seconds_left": c.seconds_left,
+            })).collect::<Vec<_>>(),
+            "caller": {"actor": s.caller, "tenant": s.caller_tenant, "roles": s.caller_roles},
+            "warnings": security_warnings(&s, conn),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        for w in security_warnings(&s, conn) {
+            println!("WARNING: {w}");
+        }
         println!("appld {} up {:.0}s", s.version, s.uptime_s);
+        println!(
+            "tcp: {}; you are {} (tenant {}, roles {})",
+            s.tcp_security, s.caller, s.caller_tenant, s.caller_roles
+        );
         println!(
             "audit log: {}{}, {} records, key {}",
             s.audit_state,
@@ -437,6 +465,49 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an operator must hear about: plaintext TCP, and certificates (the daemon's, and this
+/// client's own) that expire within 30 days or have expired.
+fn security_warnings(s: &pb::StatusResponse, conn: &client::ConnArgs) -> Vec<String> {
+    let mut w = Vec::new();
+    if s.tcp_security == "plaintext" {
+        w.push(
+            "appld serves gRPC on TCP WITHOUT TLS (tls.insecure_plaintext): anyone on the \
+             network can read and alter prompts, answers and API keys"
+                .to_owned(),
+        );
+    }
+    let soon = certs::WARN_DAYS as i64 * 86_400;
+    for c in &s.certificates {
+        if c.seconds_left < 0 {
+            w.push(format!(
+                "the daemon's {} certificate {} EXPIRED at {}",
+                c.role, c.subject, c.not_after
+            ));
+        } else if c.seconds_left < soon {
+            w.push(format!(
+                "the daemon's {} certificate {} expires in {} days ({})",
+                c.role,
+                c.subject,
+                c.seconds_left / 86_400,
+                c.not_after
+            ));
+        }
+    }
+    if let Some(path) = &conn.cert {
+        if let Ok(mine) = certs::read_pem_certs(path) {
+            for c in mine.iter().take(1) {
+                if c.days_left < certs::WARN_DAYS as i64 {
+                    w.push(format!(
+                        "this client's certificate {} ({}) expires in {} days ({})",
+                        c.subject, c.file, c.days_left, c.not_after
+                    ));
+                }
+            }
+        }
+    }
+    w
 }
 
 /// A request carrying the tenant (`x-appl-tenant`) when one is given.

@@ -12,12 +12,16 @@ pub mod v1 {
     tonic::include_proto!("appl.v1");
 }
 
-/// Connecting a client to appld.
+/// Connecting a client to appld: over its Unix socket, or over TCP with TLS and a client
+/// certificate (`grpcs://`), optionally with an API key on every call. `applctl`, the tests
+/// and the benches all connect through here.
 pub mod client {
     use std::path::PathBuf;
+    use std::task::{Context, Poll};
 
     use hyper_util::rt::TokioIo;
-    use tonic::transport::{Channel, Endpoint, Uri};
+    use tonic::codegen::http;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
     /// A channel to appld over its Unix socket (`/run/appl/appld.sock` on an installed system).
     pub async fn connect_unix(
@@ -35,6 +39,118 @@ pub mod client {
                 }
             }))
             .await
+    }
+
+    /// What a TLS client trusts and presents.
+    #[derive(Clone, Default)]
+    pub struct TlsClient {
+        /// The CA bundle (PEM) that the server's certificate must chain to.
+        pub ca_pem: Vec<u8>,
+        /// The client's certificate chain and private key (PEM), for mTLS.
+        pub identity: Option<(Vec<u8>, Vec<u8>)>,
+        /// The name to check the server's certificate against; the address's host when `None`.
+        pub server_name: Option<String>,
+    }
+
+    impl std::fmt::Debug for TlsClient {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Never print the private key.
+            f.debug_struct("TlsClient")
+                .field("client_certificate", &self.identity.is_some())
+                .field("server_name", &self.server_name)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// A channel to appld over TCP with TLS. `addr` is `host:port`, `https://host:port` or
+    /// `grpcs://host:port`.
+    pub async fn connect_tls(
+        addr: &str,
+        tls: &TlsClient,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let hostport = addr
+            .strip_prefix("grpcs://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .unwrap_or(addr);
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            cfg = cfg.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &tls.server_name {
+            cfg = cfg.domain_name(name.clone());
+        }
+        Endpoint::from_shared(format!("https://{hostport}"))?
+            .tls_config(cfg)?
+            .connect()
+            .await
+    }
+
+    /// A channel that sends `authorization: Bearer <key>` with every call when it has a key.
+    #[derive(Clone)]
+    pub struct Authed {
+        inner: Channel,
+        authorization: Option<http::HeaderValue>,
+    }
+
+    impl std::fmt::Debug for Authed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Never print the key.
+            f.debug_struct("Authed")
+                .field("api_key", &self.authorization.is_some())
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// Why an API key cannot be sent.
+    #[derive(Debug)]
+    pub struct BadApiKey;
+
+    impl std::fmt::Display for BadApiKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the API key must be printable ASCII without spaces")
+        }
+    }
+
+    impl std::error::Error for BadApiKey {}
+
+    impl Authed {
+        /// Wraps a channel; `api_key` is sent as a bearer token on every call.
+        pub fn new(inner: Channel, api_key: Option<&str>) -> Result<Self, BadApiKey> {
+            let authorization = match api_key {
+                None => None,
+                Some(k) if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err(BadApiKey)
+                }
+                Some(k) => {
+                    let mut v = http::HeaderValue::from_str(&format!("Bearer {k}"))
+                        .map_err(|_| BadApiKey)?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+            };
+            Ok(Self {
+                inner,
+                authorization,
+            })
+        }
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Authed {
+        type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
+        type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
+        type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+            if let Some(v) = &self.authorization {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, v.clone());
+            }
+            self.inner.call(req)
+        }
     }
 }
 

@@ -560,7 +560,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// no log line; the records carry an HMAC of the prompt that the appliance's key reproduces.
 #[tokio::test]
 async fn no_prompt_text_reaches_the_audit_store_or_the_logs() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(Opts {
+        extra_config: "[[tenants]]\nname = \"clinic-a\"\n".into(),
+        ..Opts::default()
+    });
     let state_dir = d.state_dir().to_owned();
     let audit_dir = state_dir.join("audit");
     let nonce = std::time::SystemTime::now()
@@ -703,7 +706,18 @@ async fn no_prompt_text_reaches_the_audit_store_or_the_logs() {
         .iter()
         .find(|r| id_of(r) == Some(tenant_id.as_str()))
         .expect("the tenant's request");
-    assert_eq!(tenant_rec.record.actor.as_str(), "clinic-a");
+    // The actor is the verified identity (root on the Unix socket, a gateway), the tenant the
+    // one it named.
+    assert_eq!(tenant_rec.record.actor.as_str(), "uid:0");
+    assert_eq!(
+        tenant_rec.record.tenant.as_ref().map(|t| t.as_str()),
+        Some("clinic-a")
+    );
+    assert!(tenant_rec
+        .record
+        .roles
+        .as_ref()
+        .is_some_and(|r| r.as_str().contains("gateway")));
     assert_eq!(
         tenant_rec.record.model_sha256.map(|d| hex::encode(d.0)),
         Some(sha.clone())

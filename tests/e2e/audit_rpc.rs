@@ -1,7 +1,7 @@
 //! `appl.v1.Audit` and `applctl audit export|verify|tail` through a running daemon: tail shows
 //! the requests just served, an export through the daemon verifies offline with only the
-//! public key (and fails once a byte is flipped), the live store verifies, and TCP callers are
-//! refused until roles land.
+//! public key (and fails once a byte is flipped), the live store verifies, and over TCP only
+//! an mTLS identity with the auditor role may use it (an auditor exports over mTLS).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -175,33 +175,90 @@ async fn audit_through_the_daemon_tail_export_verify_and_tcp_refused() {
     assert!(v.ok, "{}", v.report);
     assert_eq!(v.first_bad_seq, None);
 
-    // Over TCP the audit API is refused, naming why, and the refusal is recorded.
+    // Over TCP an identity without the auditor role is refused, naming why, and the refusal
+    // is recorded; an auditor's certificate is let in.
     let mut tcp = pb::audit_client::AuditClient::new(d.tcp_channel().await);
     let s = tcp
         .tail(pb::TailRequest { n: 5 })
         .await
-        .expect_err("Tail over TCP must be refused");
+        .expect_err("Tail as e2e-inference must be refused");
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
-    assert!(s.message().contains("Unix socket"), "{}", s.message());
+    assert!(s.message().contains("auditor role"), "{}", s.message());
     let s = tcp
         .verify_store(pb::VerifyRequest {})
         .await
-        .expect_err("VerifyStore over TCP must be refused");
+        .expect_err("VerifyStore without the auditor role must be refused");
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
     let s = tcp
         .export(pb::ExportRequest::default())
         .await
-        .expect_err("Export over TCP must be refused");
+        .expect_err("Export without the auditor role must be refused");
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
-    let addr = format!("http://{}", d.tcp);
-    let (code, _, err) = ctl(&d, &["--addr", &addr, "audit", "tail"]);
-    assert_ne!(code, 0, "applctl over TCP must fail");
+    let certs = d.state_dir().join("ctl-certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let ca = certs.join("ca.crt");
+    std::fs::write(&ca, &d.ca.as_ref().expect("tls").pem).expect("write ca");
+    let (icert, ikey) = d.client_cert("e2e-inference").write(&certs, "inference");
+    let (acert, akey) = d.client_cert("e2e-auditor").write(&certs, "auditor");
+    let addr = format!("grpcs://{}", d.tcp);
+    let tls_args = |cert: &Path, key: &Path| -> Vec<String> {
+        [
+            "--addr",
+            &addr,
+            "--ca",
+            ca.to_str().expect("utf-8"),
+            "--cert",
+            cert.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let mut args = tls_args(&icert, &ikey);
+    args.extend(["audit".into(), "tail".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = ctl(&d, &args);
+    assert_ne!(code, 0, "applctl as e2e-inference must fail");
     assert!(err.contains("PermissionDenied"), "{err}");
     let (_, out, _) = ctl(&d, &["audit", "tail", "-n", "5", "--json"]);
     assert!(
+        out.lines().any(|l| l.contains("\"auth.denied\"")
+            && l.contains("role_required_auditor")
+            && l.contains("cert:e2e-inference")),
+        "the refusal is recorded with the identity:\n{out}"
+    );
+    // The auditor exports over mTLS, and the export verifies offline.
+    let export = d.state_dir().join("over-mtls.jsonl");
+    let mut args = tls_args(&acert, &akey);
+    args.extend(
+        [
+            "audit",
+            "export",
+            "--output",
+            export.to_str().expect("utf-8"),
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = ctl(&d, &args);
+    assert_eq!(code, 0, "an auditor exports over mTLS: {out}{err}");
+    let (code, out, err) = ctl(
+        &d,
+        &[
+            "audit",
+            "verify",
+            export.to_str().expect("utf-8"),
+            "--public-key",
+            key_s,
+        ],
+    );
+    assert_eq!(code, 0, "the mTLS export verifies offline: {out}{err}");
+    let (_, out, _) = ctl(&d, &["audit", "tail", "-n", "3", "--json"]);
+    assert!(
         out.lines()
-            .any(|l| l.contains("\"auth.denied\"") && l.contains("audit_api_unix_socket_only")),
-        "the refusal is recorded:\n{out}"
+            .any(|l| l.contains("\"audit.export\"") && l.contains("cert:e2e-auditor")),
+        "the export is recorded with the auditor's identity:\n{out}"
     );
 
     // Bad export parameters are refused before anything is recorded.

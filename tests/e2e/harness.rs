@@ -1,5 +1,10 @@
 //! Starts the real `appld` binary on port 0 and a temporary Unix socket, with the real demo
 //! model, and connects to it as a client would.
+//!
+//! TCP is served as in production: TLS with client certificates. Each daemon gets its own site
+//! CA and server certificate, made in the test ([`pki`]), and three mapped client identities:
+//! `e2e-inference` (tenant `default`), `e2e-operator` and `e2e-auditor`. The Unix socket
+//! caller is root, an admin. `Opts::plaintext_tcp` opts into plaintext TCP instead.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -10,6 +15,18 @@ use std::time::Duration;
 
 use appl_proto::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
+
+#[path = "pki.rs"]
+pub mod pki;
+
+use pki::{Ca, ClientCert};
+
+/// The client identities every test daemon maps: CN, tenant, roles.
+pub const IDENTITIES: [(&str, &str, &str); 3] = [
+    ("e2e-inference", "default", "\"inference\""),
+    ("e2e-operator", "default", "\"operator\""),
+    ("e2e-auditor", "default", "\"auditor\""),
+];
 
 pub const APPLD: &str = env!("CARGO_BIN_EXE_appld");
 
@@ -50,6 +67,12 @@ pub struct Opts {
     pub drain_timeout_secs: u64,
     /// The daemon's `RUST_LOG` filter.
     pub log_filter: String,
+    /// Serve TCP without TLS (`tls.insecure_plaintext`).
+    pub plaintext_tcp: bool,
+    /// More `[tls]` keys, such as `client_certs = "optional"`.
+    pub tls_extra: String,
+    /// `server.socket_mode`.
+    pub socket_mode: u32,
 }
 
 impl Default for Opts {
@@ -65,6 +88,9 @@ impl Default for Opts {
             threads: 1,
             drain_timeout_secs: 30,
             log_filter: "info,llama.cpp=warn,ggml=warn".to_owned(),
+            plaintext_tcp: false,
+            tls_extra: String::new(),
+            socket_mode: 0o660,
         }
     }
 }
@@ -78,6 +104,7 @@ pub fn config_text(dir: &Path, o: &Opts) -> String {
 [server]
 listen = "127.0.0.1:0"
 socket = "{socket}"
+socket_mode = {socket_mode:#o}
 metrics_listen = "127.0.0.1:0"
 drain_timeout_secs = {drain}
 
@@ -101,10 +128,13 @@ batch_tokens = 256
 threads = {threads}
 chat_template = "gemma"
 
+{tls}
 {extra}
 "#,
+        tls = tls_config(dir, o),
         extra = o.extra_config,
         socket = dir.join("appld.sock").display(),
+        socket_mode = o.socket_mode,
         audit = o
             .audit_dir
             .clone()
@@ -118,6 +148,41 @@ chat_template = "gemma"
         threads = o.threads,
         drain = o.drain_timeout_secs,
     )
+}
+
+/// A site CA, its certificate in `dir/ca.crt`, and the server's certificate and key in
+/// `dir/server.crt` and `dir/server.key`.
+pub fn write_pki(dir: &Path) -> Ca {
+    let ca = Ca::new("appl e2e site CA");
+    let (cert, key) = ca.server();
+    std::fs::write(dir.join("ca.crt"), &ca.pem).expect("write CA");
+    std::fs::write(dir.join("server.crt"), cert).expect("write server cert");
+    std::fs::write(dir.join("server.key"), key).expect("write server key");
+    ca
+}
+
+/// The `[tls]` table and the mapped identities of a test daemon in `dir`. Writes a site CA and
+/// server certificate there first if there are none.
+fn tls_config(dir: &Path, o: &Opts) -> String {
+    if o.plaintext_tcp {
+        return format!("[tls]\ninsecure_plaintext = true\n{}\n", o.tls_extra);
+    }
+    if !dir.join("server.crt").exists() {
+        write_pki(dir);
+    }
+    let mut t = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}\n",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display(),
+        dir.join("ca.crt").display(),
+        o.tls_extra
+    );
+    for (cn, tenant, roles) in IDENTITIES {
+        t.push_str(&format!(
+            "\n[[identities]]\ncn = \"{cn}\"\ntenant = \"{tenant}\"\nroles = [{roles}]\n"
+        ));
+    }
+    t
 }
 
 /// The daemon caches the SHA-256 of each model file in its audit directory, keyed by the file's
@@ -152,6 +217,8 @@ pub struct Daemon {
     /// The Prometheus metrics address.
     pub metrics: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The site CA of this daemon (none with plaintext TCP).
+    pub ca: Option<Ca>,
 }
 
 impl Daemon {
@@ -161,6 +228,7 @@ impl Daemon {
 
     pub fn start_with(o: Opts) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        let ca = (!o.plaintext_tcp).then(|| write_pki(dir.path()));
         let config = dir.path().join("appld.toml");
         std::fs::write(&config, config_text(dir.path(), &o)).expect("write config");
         let audit_dir = o
@@ -217,6 +285,53 @@ impl Daemon {
             tcp,
             metrics,
             logs,
+            ca,
+        }
+    }
+
+    /// A client certificate from this daemon's CA (mapped when `cn` is one of [`IDENTITIES`]).
+    pub fn client_cert(&self, cn: &str) -> ClientCert {
+        self.ca.as_ref().expect("the daemon serves TLS").client(cn)
+    }
+
+    /// A channel over TCP with TLS, presenting `client` (or no certificate).
+    pub async fn tls_channel(
+        &self,
+        client: Option<&ClientCert>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let ca = &self.ca.as_ref().expect("the daemon serves TLS").pem;
+        appl_proto::client::connect_tls(&self.tcp.to_string(), &pki::tls_client(ca, client)).await
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGHUP and waits for the reload's outcome in the log ("config reloaded" or "config
+    /// reload refused"); returns that log line.
+    pub fn reload(&self) -> String {
+        let seen = self.logs.lock().expect("log lock").len();
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not send SIGHUP");
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.logs.lock().expect("log lock")[seen..]
+                .iter()
+                .find(|l| l.contains("config reload"))
+                .cloned();
+            if let Some(l) = found {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "no reload outcome in the log within 30 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -247,13 +362,19 @@ impl Daemon {
             .expect("connect over the unix socket")
     }
 
-    /// A channel over TCP.
+    /// A channel over TCP: mTLS as `e2e-inference`, or plaintext when the daemon serves it.
     pub async fn tcp_channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.tcp))
-            .expect("uri")
-            .connect()
+        if self.ca.is_none() {
+            return Endpoint::from_shared(format!("http://{}", self.tcp))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect over tcp");
+        }
+        let cert = self.client_cert("e2e-inference");
+        self.tls_channel(Some(&cert))
             .await
-            .expect("connect over tcp")
+            .expect("connect over tcp with mTLS")
     }
 
     pub async fn inference(&self) -> pb::inference_client::InferenceClient<Channel> {

@@ -11,5 +11,8 @@ mod generate;
 mod harness;
 mod lifecycle;
 mod queue;
+mod recovery;
+mod reflection;
+mod security;
 mod sizing;
 mod startup;

@@ -5,9 +5,9 @@
 //! part of the gRPC layer: it converts `appl.v1` messages to the audit crate's types and back,
 //! and the audit crate never sees a wire type.
 //!
-//! - **Who may call.** Until roles land with mTLS identities, only callers on the daemon's Unix
-//!   socket (whose access the socket's mode and owner already limit) may use it. A TCP caller
-//!   gets `PERMISSION_DENIED` naming why, and the refusal is recorded as `auth.denied`.
+//! - **Who may call.** Callers with the auditor role, over mTLS, an API key or the Unix socket:
+//!   the edge ([`crate::identity::edge`]) checks it before this service sees the call, and a
+//!   refusal is `PERMISSION_DENIED`, recorded as `auth.denied`.
 //! - **Export** writes a durable `audit.export` admitted record first (so the export is on
 //!   record before any data leaves, and the log must be able to write), signs a checkpoint so
 //!   that the export reaches the present, streams the data in chunks with progress counts, and
@@ -30,7 +30,6 @@ use appl_proto::v1 as pb;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
@@ -63,30 +62,9 @@ impl AuditRpc {
         }
     }
 
-    /// Lets Unix socket callers through; refuses TCP callers with `PERMISSION_DENIED` and
-    /// records the refusal (best effort: the refusal stands even if it cannot be recorded).
-    async fn authorize<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
-        let caller = Caller::of_grpc(req)?;
-        if req.extensions().get::<UdsConnectInfo>().is_some() {
-            return Ok(caller);
-        }
-        let mut r = NewRecord::new(
-            Action::AuthDenied,
-            Phase::Event,
-            caller.actor().clone(),
-            Role::Anonymous,
-        );
-        r.peer = caller.peer().cloned();
-        r.status = Some(tonic::Code::PermissionDenied as u32);
-        r.reason = Ident::new("audit_api_unix_socket_only").ok();
-        if let Err(e) = self.audit.append(r).await {
-            warn!(target: "audit", error = %e, "could not record a refused audit API call");
-        }
-        warn!(target: "audit", method, peer = %caller.actor(), "audit API refused: not on the Unix socket");
-        Err(Status::permission_denied(
-            "the audit API is served only on the daemon's Unix socket until mTLS roles land \
-             (reason: audit_api_unix_socket_only); connect with --socket",
-        ))
+    /// The caller the edge resolved (and allowed: it holds the auditor role).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        Ok(Caller::of(req)?)
     }
 
     fn request_id(&self) -> String {
@@ -185,7 +163,7 @@ impl pb::audit_server::Audit for AuditRpc {
         &self,
         req: Request<pb::TailRequest>,
     ) -> Result<Response<pb::TailResponse>, Status> {
-        self.authorize(&req, "Tail").await?;
+        self.caller(&req)?;
         let n = match req.get_ref().n {
             0 => DEFAULT_TAIL,
             n => usize::try_from(n).unwrap_or(MAX_TAIL).min(MAX_TAIL),
@@ -210,7 +188,7 @@ impl pb::audit_server::Audit for AuditRpc {
         &self,
         req: Request<pb::ExportRequest>,
     ) -> Result<Response<ExportStream>, Status> {
-        let caller = self.authorize(&req, "Export").await?;
+        let caller = self.caller(&req)?;
         let received = Instant::now();
         let (filter, format) = export_params(req.get_ref())?;
         let request_id = self.request_id();
@@ -224,6 +202,8 @@ impl pb::audit_server::Audit for AuditRpc {
             Role::Auditor,
         );
         admitted.peer = caller.peer().cloned();
+        admitted.roles = caller.roles_ident();
+        admitted.tenant = caller.tenant_ident();
         admitted.request_id = Some(
             Ident::new(request_id.as_str())
                 .map_err(|e| Status::internal(format!("request id: {e}")))?,
@@ -336,7 +316,7 @@ impl pb::audit_server::Audit for AuditRpc {
         &self,
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        self.authorize(&req, "VerifyStore").await?;
+        self.caller(&req)?;
         let log = self.audit.log().clone();
         let started = Instant::now();
         let report = tokio::task::spawn_blocking(move || {

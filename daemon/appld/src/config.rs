@@ -26,6 +26,9 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    /// A TLS file named by `[tls]` cannot be used (missing, unreadable, not PEM, wrong key).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,12 +47,24 @@ pub struct Config {
     /// `[queue]`: priorities, preemption, prefix reuse.
     #[serde(default)]
     pub queue: QueueConfig,
-    /// `[[tenants]]`: weights, limits and default priorities. Requests name their tenant in the
-    /// `x-appl-tenant` metadata; unknown tenants share the `default` tenant.
+    /// `[[tenants]]`: weights, limits and default priorities. A request's tenant comes from its
+    /// caller's identity; a `gateway` identity may name one in the `x-appl-tenant` metadata.
     #[serde(default)]
     pub tenants: Vec<crate::tenants::TenantConfig>,
     #[serde(default)]
     pub audit: AuditSettings,
+    /// `[tls]`: the TCP listener's certificate, key and client CA (see `tls.rs`).
+    #[serde(default)]
+    pub tls: crate::tls::TlsSettings,
+    /// `[auth]`: Unix socket peers and callers without credentials (see `identity/`).
+    #[serde(default)]
+    pub auth: crate::identity::config::AuthSettings,
+    /// `[[identities]]`: client certificates mapped to a tenant and roles.
+    #[serde(default)]
+    pub identities: Vec<crate::identity::config::IdentityConfig>,
+    /// `[[api_keys]]`: SHA-256 digests of API keys, each with a tenant and roles.
+    #[serde(default)]
+    pub api_keys: Vec<crate::identity::config::ApiKeyConfig>,
 }
 
 /// `[queue]`: how engines order, pause and reuse work.
@@ -91,7 +106,8 @@ impl QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// TCP address for gRPC; empty disables TCP. Port 0 picks a free port.
+    /// TCP address for gRPC; empty (the default) disables TCP. Port 0 picks a free port. TCP
+    /// is served with TLS and client certificates (`[tls]`) unless `tls.insecure_plaintext`.
     pub listen: String,
     /// Unix socket for gRPC (local clients and applctl); empty disables it.
     pub socket: PathBuf,
@@ -108,7 +124,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:50051".to_owned(),
+            listen: String::new(),
             socket: PathBuf::from("/run/appl/appld.sock"),
             socket_mode: 0o660,
             drain_timeout_secs: 30,
@@ -130,6 +146,16 @@ pub struct LimitsConfig {
     pub queue_capacity: u32,
     /// Most stop sequences per request.
     pub max_stop_sequences: usize,
+    /// The longest stop sequence, in bytes.
+    pub max_stop_bytes: usize,
+    /// The longest prompt, in tokens (a slot's context bounds it too).
+    pub max_prompt_tokens: usize,
+    /// Most chat messages per request.
+    pub max_chat_messages: usize,
+    /// The largest gRPC request message, in bytes (refused as its length arrives).
+    pub max_message_bytes: usize,
+    /// The most request metadata (headers), in bytes as HTTP/2 counts them.
+    pub max_metadata_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -140,6 +166,11 @@ impl Default for LimitsConfig {
             max_tokens_cap: 4096,
             queue_capacity: 64,
             max_stop_sequences: 16,
+            max_stop_bytes: 256,
+            max_prompt_tokens: 32_768,
+            max_chat_messages: 256,
+            max_message_bytes: 4 << 20,
+            max_metadata_bytes: 16 << 10,
         }
     }
 }
@@ -259,6 +290,11 @@ impl Default for AuditSettings {
     }
 }
 
+/// The highest `limits.max_message_bytes` (the gRPC services' own hard ceiling).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The highest `limits.max_metadata_bytes` (the HTTP/2 header list ceiling is above it).
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+
 mod defaults {
     pub fn slots() -> u32 {
         4
@@ -306,6 +342,7 @@ impl Config {
         if self.audit.dir.is_relative() && !self.audit.dir.as_os_str().is_empty() {
             self.audit.dir = base.join(&self.audit.dir);
         }
+        self.tls.resolve_paths(base);
         let inv = &mut self.sizing.inventory;
         if !inv.as_os_str().is_empty() && inv.is_relative() {
             *inv = base.join(&*inv);
@@ -341,6 +378,17 @@ impl Config {
         if let Err((key, reason)) = crate::tenants::validate_tenants(&self.tenants) {
             return Err(invalid(key, reason));
         }
+        if let Err((key, reason)) = self.tls.validate(!s.listen.is_empty()) {
+            return Err(invalid(key.into(), reason));
+        }
+        if let Err((key, reason)) = crate::identity::config::validate(
+            &self.auth,
+            &self.identities,
+            &self.api_keys,
+            &self.tenants,
+        ) {
+            return Err(invalid(key, &reason));
+        }
         if s.socket_mode > 0o777 {
             return Err(invalid(
                 "server.socket_mode".into(),
@@ -365,6 +413,30 @@ impl Config {
                 "limits.max_prompt_bytes".into(),
                 "must be at least 1",
             ));
+        }
+        for (key, v, lo, hi) in [
+            ("limits.max_prompt_tokens", l.max_prompt_tokens, 1, 1 << 24),
+            ("limits.max_stop_bytes", l.max_stop_bytes, 1, 1 << 16),
+            ("limits.max_chat_messages", l.max_chat_messages, 1, 1 << 16),
+            (
+                "limits.max_message_bytes",
+                l.max_message_bytes,
+                1 << 10,
+                MAX_MESSAGE_BYTES,
+            ),
+            (
+                "limits.max_metadata_bytes",
+                l.max_metadata_bytes,
+                1 << 10,
+                MAX_METADATA_BYTES,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(invalid(
+                    key.into(),
+                    &format!("must be between {lo} and {hi}"),
+                ));
+            }
         }
         if self.models.is_empty() {
             return Err(invalid(
@@ -476,7 +548,7 @@ path = "/models/demo.gguf"
     #[test]
     fn minimal_config_takes_defaults() {
         let c = parse(MINIMAL).expect("valid");
-        assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert_eq!(c.server.listen, "", "TCP is off unless configured");
         assert_eq!(c.models[0].slots, 4);
         assert_eq!(c.models[0].chat_template, "embedded");
         assert_eq!(c.default_model(), Some("demo"));
@@ -548,6 +620,43 @@ path = "/models/demo.gguf"
             (
                 "[[models]]\nid = \"a\"\npath = \"a\"\ngpu_layers = \"most\"\n",
                 "gpu_layers",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "tls.cert",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "tls.client_ca",
+            ),
+            (
+                "[tls]\ninsecure_plaintext = true\ncert = \"c\"\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "tls.insecure_plaintext",
+            ),
+            ("[tls]\nclient_certs = \"maybe\"\n", "client_certs"),
+            (
+                "[limits]\nmax_message_bytes = 10\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_metadata_bytes = 0\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "limits.max_metadata_bytes",
+            ),
+            (
+                "[limits]\nmax_chat_messages = 0\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "limits.max_chat_messages",
+            ),
+            (
+                "[auth]\nlocal_roles = [\"root\"]\n",
+                "local_roles",
+            ),
+            (
+                "[[identities]]\ncn = \"x\"\ntenant = \"nope\"\nroles = [\"inference\"]\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "identities[0].tenant",
+            ),
+            (
+                "[[api_keys]]\nname = \"k\"\nsha256 = \"secret\"\ntenant = \"default\"\nroles = [\"inference\"]\n[[models]]\nid=\"a\"\npath=\"a\"\n",
+                "api_keys[0].sha256",
             ),
         ];
         for (text, key) in cases {

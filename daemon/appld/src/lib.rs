@@ -8,9 +8,10 @@
 //! Startup failures map to exit codes that systemd and operators can tell apart; see
 //! [`StartupError::exit_code`].
 //!
-//! The request path: `api` (the gRPC face) → `identity` (who calls) → `request::validate` →
-//! `tenants` (the permit) → `audit` (the admitted record) → `request::drive` (the engine, the
-//! completed record) → back through `api`.
+//! The request path: `transport` (TLS, the peer) → `identity::edge` (who calls, which roles,
+//! input limits) → `api` (the gRPC face) → `request::validate` → `tenants` (the permit) →
+//! `audit` (the admitted record) → `request::drive` (the engine, the completed record) → back
+//! through `api`. SIGHUP reloads identities, keys, tenants, limits and TLS (`reload`).
 
 #![forbid(unsafe_code)]
 
@@ -20,12 +21,15 @@ pub mod audit_rpc;
 pub mod config;
 pub mod identity;
 pub mod listeners;
+pub mod live;
 pub mod metrics;
 pub mod models;
+pub mod reload;
 pub mod request;
 pub mod serve;
 pub mod state;
 pub mod tenants;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -38,6 +42,7 @@ use crate::config::{Config, ConfigError};
 
 pub use listeners::Listeners;
 pub use models::{load_models, Engines};
+pub use reload::ReloadSource;
 pub use serve::serve;
 
 /// Why the daemon could not start.
@@ -101,6 +106,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_reload(config, listeners, shutdown, None).await
+}
+
+/// [`run`], reloading the config file on each message of `reload` (SIGHUP).
+pub async fn run_with_reload(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<ReloadSource>,
+) -> anyhow::Result<()> {
+    // Bad TLS files are a configuration error: found before anything else starts.
+    check_tls(&config)?;
     let mut auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
@@ -125,7 +142,7 @@ pub async fn run(
                 return Err(StartupError::from(e).into());
             }
             info!(models = engines.handles().len(), "models loaded");
-            return serve(&config, engines, auditor, listeners, shutdown).await;
+            return serve(&config, engines, auditor, listeners, shutdown, reload).await;
         }
         (Err(e), _) => e,
         (Ok(engines), Ok(Err(e))) => {
@@ -139,4 +156,13 @@ pub async fn run(
     };
     auditor.stop_startup_failed().await;
     Err(failed.into())
+}
+
+/// Loads the TLS material `[tls]` names when TCP is served with TLS, so that a missing or bad
+/// file is reported at once (exit 78), by `--check-config` too.
+pub fn check_tls(config: &Config) -> Result<(), StartupError> {
+    if !config.server.listen.is_empty() && !config.tls.insecure_plaintext {
+        tls::load(&config.tls).map_err(|e| StartupError::Config(ConfigError::Tls(e)))?;
+    }
+    Ok(())
 }

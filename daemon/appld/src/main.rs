@@ -54,6 +54,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        if let Err(e) = appld::check_tls(&config) {
+            eprintln!("appld: {e}");
+            return ExitCode::from(e.exit_code());
+        }
         println!("appld: config {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
@@ -61,7 +65,7 @@ fn main() -> ExitCode {
         args.log_format.unwrap_or(config.log.format),
         &config.log.filter,
     );
-    match run(config) {
+    match run(config, args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e
@@ -74,16 +78,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("appld-rt")
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Before anything slow: SIGHUP's default action would end the process.
+        let reload = appld::ReloadSource {
+            path,
+            signals: reload_signals()?,
+        };
         let listeners = Listeners::bind(&config).await?;
-        appld::run(config, listeners, shutdown_signal()).await
+        appld::run_with_reload(config, listeners, shutdown_signal(), Some(reload)).await
     })
+}
+
+/// One message per SIGHUP.
+fn reload_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            // A reload already waiting covers this signal too.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -215,7 +215,8 @@ pub fn render(state: &AppState) -> String {
         "counter",
         "Requests refused with RESOURCE_EXHAUSTED by a tenant limit, by limit.",
     );
-    let (conc, rate) = state.tenants.rejections();
+    let tenants = state.tenants();
+    let (conc, rate) = tenants.rejections();
     let _ = writeln!(
         out,
         "appl_tenant_rejections_total{{reason=\"tenant_max_concurrent\"}} {conc}"
@@ -254,13 +255,13 @@ pub fn render(state: &AppState) -> String {
         "gauge",
         "Requests of a tenant queued or running.",
     );
-    for (i, p) in state.tenants.policies().iter().enumerate() {
+    for (i, p) in tenants.policies().iter().enumerate() {
         let id = appl_engine::TenantId(i as u32);
         let _ = writeln!(
             out,
             "appl_tenant_in_flight{{tenant=\"{}\"}} {}",
             esc(&p.name),
-            state.tenants.in_flight(id)
+            tenants.in_flight(id)
         );
     }
     out

@@ -7,6 +7,10 @@
 //!    `cancelled` message, and each llama.cpp context is freed on its own thread;
 //! 4. the streams deliver their last message (briefly), then the remaining connections are cut;
 //! 5. the audit log records the stop, signs a final checkpoint and closes.
+//!
+//! Every request passes the edge layer first ([`crate::identity::edge`]): identity, roles,
+//! metadata and message limits, admin-action records. SIGHUP reloads what can change at run
+//! time ([`crate::reload`]).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -23,10 +27,15 @@ use tracing::{info, warn};
 use crate::api::Api;
 use crate::audit::Auditor;
 use crate::audit_rpc::AuditRpc;
-use crate::config::Config;
+use crate::config::{Config, MAX_MESSAGE_BYTES};
+use crate::identity::edge::EdgeLayer;
+use crate::identity::AuthTable;
 use crate::listeners::Listeners;
+use crate::live::Live;
 use crate::models::{Engines, ENGINE_STOP_TIMEOUT};
+use crate::reload::{ReloadSource, Reloader};
 use crate::state::AppState;
+use crate::state::TransportStatus;
 use crate::transport::{self, Incoming};
 use crate::{metrics, tenants};
 
@@ -37,12 +46,14 @@ const FINAL_MESSAGE_GRACE: Duration = Duration::from_secs(5);
 const DRAINED_SERVICES: [&str; 2] = ["", "appl.v1.Inference"];
 
 /// Serves on the given listeners until `shutdown` resolves, then drains (see the module docs).
+/// Each message from `reload` reloads the config file.
 pub async fn serve(
     config: &Config,
     engines: Engines,
     auditor: Auditor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<ReloadSource>,
 ) -> anyhow::Result<()> {
     let chat_templates = config
         .models
@@ -57,8 +68,41 @@ pub async fn serve(
             config.limits.clone(),
             chat_templates,
         )
-        .with_tenants(tenants::table(&config.tenants)),
+        .with_tenants(tenants::table(&config.tenants))
+        .with_auth(AuthTable::from_config(config)),
     );
+    let tcp_mode = config.tls.mode(listeners.tcp.is_some());
+    let tls = match (&listeners.tcp, config.tls.insecure_plaintext) {
+        (Some(_), false) => {
+            let m = crate::tls::load(&config.tls)
+                .map_err(|e| crate::StartupError::Config(crate::config::ConfigError::Tls(e)))?;
+            Some(Arc::new(Live::new(m)))
+        }
+        _ => None,
+    };
+    state.transport.set(Arc::new(TransportStatus {
+        mode: tcp_mode,
+        certificates: tls
+            .as_ref()
+            .map(|t| t.get().certificates.clone())
+            .unwrap_or_default(),
+    }));
+    if tcp_mode == "plaintext" {
+        warn!(
+            target: "auth",
+            listen = %config.server.listen,
+            anonymous_roles = %config.auth.anonymous_roles.iter().map(|r| r.name()).collect::<Vec<_>>().join("+"),
+            "INSECURE: gRPC on TCP is served WITHOUT TLS (tls.insecure_plaintext = true): anyone on \
+             the network can read prompts and answers, and API keys; use it only on 127.0.0.1 for \
+             a demo"
+        );
+    }
+    if let Some(t) = &tls {
+        for c in t.get().expiring(Duration::from_secs(30 * 86_400)) {
+            warn!(target: "auth", role = c.role, subject = %c.subject,
+                not_after = %appl_audit::Timestamp::from_system(c.not_after), "certificate expires within 30 days");
+        }
+    }
     let auditor = Arc::new(auditor);
     let api = Api::new(Arc::clone(&state), Arc::clone(&auditor));
     let audit_rpc = AuditRpc::new(Arc::clone(&auditor));
@@ -78,14 +122,28 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let routes = tonic::service::Routes::new(InferenceServer::new(api.clone()))
-        .add_service(AdminServer::new(api.clone()))
-        .add_service(AuditServer::new(audit_rpc.clone()))
-        .add_service(health_service.clone())
-        .add_service(reflection_v1.clone())
-        .add_service(reflection_v1alpha.clone())
-        .prepare()
-        .into_axum_router();
+    // The edge enforces `limits.max_message_bytes`, naming the key; these are ceilings only.
+    let routes = tonic::service::Routes::new(
+        InferenceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(AdminServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    .add_service(AuditServer::new(audit_rpc.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    .add_service(health_service.clone())
+    .add_service(reflection_v1.clone())
+    .add_service(reflection_v1alpha.clone())
+    .prepare()
+    .into_axum_router()
+    .layer(EdgeLayer::new(Arc::clone(&state), Arc::clone(&auditor)));
+    if let Some(r) = reload {
+        let reloader = Reloader::new(
+            r.path,
+            config.clone(),
+            Arc::clone(&state),
+            tls.clone(),
+            Arc::clone(&auditor),
+        );
+        tokio::spawn(reloader.run(r.signals));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -100,7 +158,11 @@ pub async fn serve(
     }
     if let Some(tcp) = listeners.tcp {
         let stop = stopped(stop_rx.clone());
-        servers.spawn(transport::serve(Incoming::Tcp(tcp), routes.clone(), stop));
+        let incoming = match &tls {
+            Some(t) => Incoming::Tls(tcp, Arc::clone(t)),
+            None => Incoming::Tcp(tcp),
+        };
+        servers.spawn(transport::serve(incoming, routes.clone(), stop));
     }
     if let Some((unix, _)) = listeners.unix {
         let stop = stopped(stop_rx.clone());
@@ -110,6 +172,7 @@ pub async fn serve(
         tcp = %tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
         socket = %socket_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+        tcp_security = tcp_mode,
         "ready"
     );
 

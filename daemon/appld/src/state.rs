@@ -1,5 +1,7 @@
-//! The daemon's shared state: the loaded engines, the request limits, the tenant table, and the
-//! request-id source. Both request faces and the metrics read it; nothing here sees a wire type.
+//! The daemon's shared state: the loaded engines, the request limits, the tenant table, the
+//! identity table, and the request-id source. Both request faces and the metrics read it;
+//! nothing here sees a wire type. What SIGHUP may change (limits, tenants, identities) sits in
+//! [`Live`] holders: a reader takes a snapshot and keeps it for its whole decision.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +12,8 @@ use appl_engine::EngineHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
+use crate::identity::AuthTable;
+use crate::live::Live;
 use crate::request::RequestError;
 use crate::tenants::Tenants;
 
@@ -18,11 +22,15 @@ use crate::tenants::Tenants;
 pub struct AppState {
     pub engines: BTreeMap<String, EngineHandle>,
     pub default_model: String,
-    pub limits: LimitsConfig,
+    limits: Live<LimitsConfig>,
     pub chat_templates: BTreeMap<String, String>,
     pub started: Instant,
     /// The tenant table and each tenant's live usage.
-    pub tenants: Arc<Tenants>,
+    tenants: Live<Tenants>,
+    /// Who callers are: identities, API keys, Unix socket roles.
+    auth: Live<AuthTable>,
+    /// How TCP is secured and which certificates expire when, for status.
+    pub transport: Live<TransportStatus>,
     /// Set once the daemon drains: new requests are refused.
     pub draining: AtomicBool,
     /// The tasks that drive streaming requests; the drain waits for them.
@@ -40,10 +48,12 @@ impl AppState {
         Self {
             engines,
             default_model,
-            limits,
+            limits: Live::new(limits),
             chat_templates,
             started: Instant::now(),
-            tenants: Tenants::new(Vec::new(), Instant::now()),
+            tenants: Live::from_arc(Tenants::new(Vec::new(), Instant::now())),
+            auth: Live::new(AuthTable::default()),
+            transport: Live::new(TransportStatus::default()),
             draining: AtomicBool::new(false),
             requests: TaskTracker::new(),
             ids: RequestIds::new(),
@@ -51,9 +61,43 @@ impl AppState {
     }
 
     /// Replaces the tenant table (the default has only the `default` tenant, without limits).
-    pub fn with_tenants(mut self, tenants: Arc<Tenants>) -> Self {
-        self.tenants = tenants;
+    pub fn with_tenants(self, tenants: Arc<Tenants>) -> Self {
+        self.tenants.set(tenants);
         self
+    }
+
+    /// Sets the identity table (the default knows no identity and no key).
+    pub fn with_auth(self, auth: AuthTable) -> Self {
+        self.auth.set(Arc::new(auth));
+        self
+    }
+
+    /// The request limits now.
+    pub fn limits(&self) -> Arc<LimitsConfig> {
+        self.limits.get()
+    }
+
+    /// The tenant table now (a request keeps the one it was admitted with).
+    pub fn tenants(&self) -> Arc<Tenants> {
+        self.tenants.get()
+    }
+
+    /// The identity table now.
+    pub fn auth(&self) -> Arc<AuthTable> {
+        self.auth.get()
+    }
+
+    /// Swaps in what a config reload may change. Requests already admitted keep the snapshots
+    /// they took.
+    pub fn reload(&self, limits: LimitsConfig, tenants: Arc<Tenants>, auth: AuthTable) {
+        self.limits.set(Arc::new(limits));
+        self.tenants.set(tenants);
+        self.auth.set(Arc::new(auth));
+    }
+
+    /// The request-id source.
+    pub fn request_ids(&self) -> &RequestIds {
+        &self.ids
     }
 
     /// Refuses new requests once the daemon drains.
@@ -84,6 +128,14 @@ impl AppState {
     pub fn request_id(&self) -> String {
         self.ids.next("")
     }
+}
+
+/// How the TCP listener is secured, for `Admin.Status` and warnings.
+#[derive(Debug, Clone, Default)]
+pub struct TransportStatus {
+    /// `mtls`, `tls`, `plaintext` or `none` (no TCP listener).
+    pub mode: &'static str,
+    pub certificates: Vec<crate::tls::CertSummary>,
 }
 
 /// Request ids unique within this daemon's lifetime and across restarts: the boot time, the

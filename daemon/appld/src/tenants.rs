@@ -226,6 +226,14 @@ impl Tenants {
         )
     }
 
+    /// Keeps the refusal counts of the table this one replaces on a reload (they are exported
+    /// as Prometheus counters, which must not go back).
+    pub fn carry_counters(&self, old: &Tenants) {
+        let (c, r) = old.rejections();
+        self.rejected_concurrency.fetch_add(c, Ordering::Relaxed);
+        self.rejected_rate.fetch_add(r, Ordering::Relaxed);
+    }
+
     /// Requests in flight for a tenant.
     pub fn in_flight(&self, id: TenantId) -> u32 {
         self.lock(id).in_flight

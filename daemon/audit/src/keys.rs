@@ -108,6 +108,13 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<Keys, AuditError> {
     Ok(Keys { signing, hmac })
 }
 
+/// Reads the signing key of the store in `dir` (it must exist: the daemon creates it).
+pub(crate) fn load_signing_key(dir: &Path) -> Result<SigningKey, AuditError> {
+    Ok(SigningKey::from_bytes(&read_secret(
+        &dir.join(SIGNING_KEY_FILE),
+    )?))
+}
+
 /// Reads a public key file (64 hex digits, surrounding whitespace ignored).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, AuditError> {
     let s = fs::read_to_string(path).map_err(|e| AuditError::io(path, e))?;

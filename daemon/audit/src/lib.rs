@@ -73,6 +73,7 @@ pub mod keys;
 mod log;
 pub mod merkle;
 pub mod record;
+pub mod recovery;
 pub mod store;
 pub mod verify;
 
@@ -84,6 +85,7 @@ pub use export::{
 };
 pub use log::{AuditConfig, AuditHealth, AuditLog, Clock, DEFAULT_RETENTION};
 pub use record::{Action, Digest, Ident, NewRecord, Phase, Record, Role, Timestamp};
+pub use recovery::{unfinished, Unclean};
 pub use store::{FaultHook, FaultPoint, PruneReport, StoreReader, StoredRecord};
 pub use verify::{verify_store, Problem, VerifyReport};
 

@@ -562,6 +562,35 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// The oldest record kept (0 unless pruned), or 0 when empty.
+    pub fn first_seq(&self) -> Result<u64, AuditError> {
+        match self.db.scan_prefix([b'r']).next() {
+            Some(item) => Ok(key_num(&item?.0).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// Records newest first.
+    pub fn iter_rev(&self) -> impl Iterator<Item = Result<Record, AuditError>> + '_ {
+        self.db.scan_prefix([b'r']).rev().map(|item| {
+            let (k, v) = item?;
+            let seq = key_num(&k).unwrap_or(u64::MAX);
+            decode_value(&v)
+                .map(|s| s.record)
+                .map_err(|e| AuditError::Corrupt(format!("seq {seq}: {e}")))
+        })
+    }
+
+    /// Records from `from` on, oldest first.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<Record, AuditError>> + '_ {
+        self.raw_from(from).map(|item| {
+            let (seq, decoded) = item?;
+            decoded
+                .map(|s| s.record)
+                .map_err(|e| AuditError::Corrupt(format!("seq {seq}: {e}")))
+        })
+    }
+
     /// Raw records from `from` on: `(key seq, decoded value or why it does not decode)`.
     pub(crate) fn raw_from(
         &self,

@@ -318,3 +318,81 @@ async fn closed_log_refuses_and_keys_are_private() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// A filtered export proves completeness under the appliance's key: dropping a selected record
+/// and folding it into the manifest's gaps (with the count, last seq and data hash fixed up to
+/// match) still rebuilds the signed root, but breaks the manifest's signature.
+#[tokio::test]
+async fn a_filtered_export_cannot_hide_a_selected_record() {
+    use appl_audit::merkle::Gap;
+    let d = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(d.path(), common::cfg()).unwrap();
+    for i in 0..12 {
+        log.append(common::record(i)).await.unwrap();
+    }
+    log.close().await.unwrap();
+    drop(log);
+    let reader = log_reader(d.path());
+    let vk = reader.public_key().unwrap();
+    let filter = appl_audit::ExportFilter {
+        actor: Some(Ident::new("uid:1000").unwrap()),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let m = appl_audit::export(
+        &reader,
+        &filter,
+        appl_audit::Format::Jsonl,
+        &mut out,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(m.manifest_version, 2);
+    let rep = appl_audit::verify_export(&mut &out[..], &m, &vk).unwrap();
+    assert!(rep.ok, "{rep}");
+    assert!(
+        rep.notes
+            .iter()
+            .any(|n| n.contains("every record the filter selects")),
+        "{rep}"
+    );
+
+    // Drop the last selected record; stand its leaf in as a gap of one.
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    let seq = last["seq"].as_u64().unwrap();
+    let leaf: [u8; 32] = hex::decode(last["leaf"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let kept: String = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut forged = m.clone();
+    forged.count -= 1;
+    forged.last_seq = lines[lines.len() - 2]
+        .split("\"seq\":")
+        .nth(1)
+        .and_then(|s| s.split(',').next().and_then(|n| n.parse().ok()));
+    forged.data_sha256 = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(kept.as_bytes()))
+    };
+    let mut gaps = forged.gaps.clone();
+    gaps.push(Gap {
+        lo: seq,
+        hi: seq + 1,
+        hash: leaf,
+    });
+    gaps.sort_by_key(|g| g.lo);
+    forged.gaps = gaps;
+    let rep = appl_audit::verify_export(&mut kept.as_bytes(), &forged, &vk).unwrap();
+    assert!(!rep.ok, "a hidden record must be caught");
+    assert!(rep.to_string().contains("manifest's signature"), "{rep}");
+    // Without the signature, the same forgery is refused as unsigned.
+    forged.signature.clear();
+    let rep = appl_audit::verify_export(&mut kept.as_bytes(), &forged, &vk).unwrap();
+    assert!(!rep.ok && rep.to_string().contains("not signed"), "{rep}");
+}

@@ -218,9 +218,23 @@ pub fn model_to_pb(state: &AppState, e: &EngineHandle, sha256: Option<Digest>) -
             .get(&spec.id)
             .cloned()
             .unwrap_or_default(),
-        max_tokens_cap: state.limits.max_tokens_cap,
+        max_tokens_cap: state.limits().max_tokens_cap,
         is_default: spec.id == state.default_model,
         sha256: sha256.map(|d| hex::encode(d.0)).unwrap_or_default(),
+    }
+}
+
+/// A certificate the daemon serves with or trusts, with its expiry.
+pub fn cert_to_pb(c: &crate::tls::CertSummary) -> pb::CertificateStatus {
+    let left = match c.not_after.duration_since(std::time::SystemTime::now()) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    pb::CertificateStatus {
+        role: c.role.to_owned(),
+        subject: c.subject.clone(),
+        not_after: appl_audit::Timestamp::from_system(c.not_after).to_string(),
+        seconds_left: left,
     }
 }
 
@@ -288,6 +302,28 @@ mod tests {
         let s = Status::from(RequestError::Invalid("bad".into()));
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.metadata().get(RETRY_AFTER_MS).is_none());
+        // An input limit names its config key, in the message and in x-appl-limit.
+        let s = Status::from(RequestError::OverLimit {
+            key: "limits.max_message_bytes",
+            message: "too big (limits.max_message_bytes)".into(),
+        });
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            s.metadata().get(LIMIT_HEADER).and_then(|v| v.to_str().ok()),
+            Some("limits.max_message_bytes")
+        );
+        for (e, code) in [
+            (
+                RequestError::Unauthenticated("who".into()),
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                RequestError::PermissionDenied("no".into()),
+                tonic::Code::PermissionDenied,
+            ),
+        ] {
+            assert_eq!(Status::from(e).code(), code);
+        }
     }
 
     #[test]

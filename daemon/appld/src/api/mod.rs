@@ -35,12 +35,12 @@ impl Api {
         Self { state, audit }
     }
 
-    /// Who is calling; refused first while the daemon drains or the audit log cannot write,
-    /// so that nothing is admitted unaudited.
+    /// Who is calling (resolved at the edge); refused first while the daemon drains or the
+    /// audit log cannot write, so that nothing is admitted unaudited.
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, RequestError> {
         self.state.check_admitting()?;
         self.audit.check_serving()?;
-        Caller::of_grpc(req)
+        Caller::of(req)
     }
 
     /// Validates a generation request and makes its `admitted` record durable.
@@ -73,7 +73,7 @@ impl Api {
         let (p, ticket) = self.admit(caller, action, input).await?;
         let model = p.model().to_owned();
         let request_id = p.request_id.clone();
-        let c = drive::run_to_end(&self.state, p, ticket).await?;
+        let c = drive::run_to_end(p, ticket).await?;
         Ok(pb::GenerateResponse {
             model,
             text: c.text,
@@ -210,12 +210,15 @@ impl pb::inference_server::Inference for Api {
 impl pb::admin_server::Admin for Api {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = Caller::of(&req)?;
         let st = &self.state;
+        let tenants = st.tenants();
+        let transport = st.transport.get();
         let engines = st.engines.values().map(engine_status_to_pb).collect();
         let audit = self.audit.status();
-        let (rejected_concurrency, rejected_rate) = st.tenants.rejections();
+        let (rejected_concurrency, rejected_rate) = tenants.rejections();
         Ok(Response::new(pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: st.started.elapsed().as_secs_f64(),
@@ -224,9 +227,18 @@ impl pb::admin_server::Admin for Api {
             audit_reason: audit.reason,
             audit_records: audit.records,
             audit_key: audit.key,
-            tenants: tenants_to_pb(&st.tenants),
+            tenants: tenants_to_pb(&tenants),
             rejected_tenant_concurrency: rejected_concurrency,
             rejected_tenant_rate: rejected_rate,
+            tcp_security: transport.mode.to_owned(),
+            certificates: transport
+                .certificates
+                .iter()
+                .map(convert::cert_to_pb)
+                .collect(),
+            caller: caller.actor().to_string(),
+            caller_tenant: caller.tenant().to_owned(),
+            caller_roles: caller.roles().joined(),
         }))
     }
 }

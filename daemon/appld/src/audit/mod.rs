@@ -1,7 +1,9 @@
 //! The daemon's side of the HIPAA audit log: glue between the request path and
 //! [`appl_audit::AuditLog`].
 //!
-//! - At startup [`Auditor::open`] opens the store and writes `daemon.start`; the GGUF files are
+//! - At startup [`Auditor::open`] opens the store, closes out (as `ABORTED`, reason
+//!   `unclean_stop`) every request a previous run admitted but never completed if that run did
+//!   not stop cleanly, and writes `daemon.start`; the GGUF files are
 //!   hashed (SHA-256, streaming, on their own thread while the models load, with a cache keyed
 //!   by the file's identity and change time) and [`Auditor::models_loaded`] writes one
 //!   `model.load` record per model. At shutdown [`Auditor::stop`] writes `daemon.stop`, signs
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use appl_audit::{
-    Action, AuditConfig, AuditError, AuditHealth, AuditLog, Digest, Ident, NewRecord,
+    Action, AuditConfig, AuditError, AuditHealth, AuditLog, Digest, Ident, NewRecord, Phase,
 };
 use tokio_util::task::TaskTracker;
 use tonic_health::server::HealthReporter;
@@ -114,8 +116,43 @@ impl Auditor {
             records: AtomicU64::new(0),
             background: TaskTracker::new(),
         };
-        a.append(NewRecord::system(Action::DaemonStart)).await?;
+        let recovered = a.close_unfinished().await?;
+        let mut start = NewRecord::system(Action::DaemonStart);
+        start.reason = recovered
+            .then(|| Ident::new("after_unclean_stop").ok())
+            .flatten();
+        a.append(start).await?;
         Ok(a)
+    }
+
+    /// After an unclean stop, records a `completed` outcome (`ABORTED`, reason `unclean_stop`)
+    /// for every request the previous run admitted but never completed, before this run's
+    /// `daemon.start`; so a crash during this sweep is swept again next time. True if the
+    /// previous run did not stop cleanly.
+    async fn close_unfinished(&self) -> Result<bool, AuditError> {
+        let reader = self.log.reader()?;
+        let found = tokio::task::spawn_blocking(move || appl_audit::unfinished(&reader))
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("scanning the previous run: {e}")))??;
+        let Some(u) = found else {
+            return Ok(false);
+        };
+        warn!(target: "audit", last_seq = u.last_seq, unfinished = u.unfinished.len(),
+            "the previous run did not stop cleanly; recording the requests it left unfinished");
+        for r in u.unfinished {
+            let mut n = NewRecord::new(r.action, Phase::Completed, r.actor, r.role);
+            n.roles = r.roles;
+            n.tenant = r.tenant;
+            n.peer = r.peer;
+            n.request_id = r.request_id;
+            n.model = r.model;
+            n.model_sha256 = r.model_sha256;
+            n.prompt_tokens = r.prompt_tokens;
+            n.status = Some(tonic::Code::Aborted as u32);
+            n.reason = Ident::new("unclean_stop").ok();
+            self.append(n).await?;
+        }
+        Ok(true)
     }
 
     /// Records `model.load` for every model, with the GGUF digests from [`hash_models`].

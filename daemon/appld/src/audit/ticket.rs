@@ -40,6 +40,8 @@ impl Auditor {
             Role::Inference,
         );
         r.peer = caller.peer().cloned();
+        r.roles = caller.roles_ident();
+        r.tenant = caller.tenant_ident();
         r.request_id = Some(Ident::new(f.request_id)?);
         r.model = Some(Ident::new(f.model)?);
         r.model_sha256 = self.model_sha256(f.model);

@@ -57,8 +57,8 @@ impl Events {
 }
 
 /// Takes the tenant permit and hands the job to its engine.
-fn submit(state: &AppState, p: &Prepared) -> Result<Events, RequestError> {
-    let tenants = &state.tenants;
+fn submit(p: &Prepared) -> Result<Events, RequestError> {
+    let tenants = &p.tenants;
     let permit = tenants
         .admit(p.tenant, len_u32(p.prompt.len()), Instant::now())
         .map_err(|r| {
@@ -125,12 +125,8 @@ fn stopped() -> RequestError {
 
 /// Runs a request to its end and returns the whole answer, once its `completed` record is
 /// durable.
-pub async fn run_to_end(
-    state: &AppState,
-    p: Prepared,
-    ticket: AuditTicket,
-) -> Result<Completion, RequestError> {
-    let mut rx = match submit(state, &p) {
+pub async fn run_to_end(p: Prepared, ticket: AuditTicket) -> Result<Completion, RequestError> {
+    let mut rx = match submit(&p) {
         Ok(rx) => rx,
         Err(e) => return Err(refused(ticket, e).await),
     };
@@ -201,7 +197,7 @@ pub async fn run_streaming(
     p: Prepared,
     mut ticket: AuditTicket,
 ) -> Result<mpsc::Receiver<Result<Piece, RequestError>>, RequestError> {
-    let mut rx = match submit(state, &p) {
+    let mut rx = match submit(&p) {
         Ok(rx) => rx,
         Err(e) => return Err(refused(ticket, e).await),
     };

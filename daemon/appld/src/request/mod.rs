@@ -56,6 +56,16 @@ pub enum RequestError {
     /// A bug or an impossible state; the message says which.
     #[error("{0}")]
     Internal(String),
+    /// The caller has no valid credentials: no or a bad client certificate, an unknown or
+    /// disabled API key, an identity that is not configured.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (a role it lacks, a tenant not its own).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// An input is over a configured limit; `key` is the config key that sets it.
+    #[error("{message}")]
+    OverLimit { key: &'static str, message: String },
 }
 
 /// How long a client should wait before retrying a full queue.
@@ -65,7 +75,9 @@ impl RequestError {
     /// The canonical status code of this error (gRPC's code space; the audit log records it).
     pub fn code(&self) -> Code {
         match self {
-            RequestError::Invalid(_) => Code::InvalidArgument,
+            RequestError::Invalid(_) | RequestError::OverLimit { .. } => Code::InvalidArgument,
+            RequestError::Unauthenticated(_) => Code::Unauthenticated,
+            RequestError::PermissionDenied(_) => Code::PermissionDenied,
             RequestError::UnknownModel(_) => Code::NotFound,
             RequestError::ChatTemplate(_) => Code::FailedPrecondition,
             RequestError::TenantLimit(_) | RequestError::QueueFull(_) => Code::ResourceExhausted,
@@ -85,10 +97,12 @@ impl RequestError {
         }
     }
 
-    /// The limit that refused the request, as a short stable name, if one did.
+    /// The limit that refused the request, as a short stable name, if one did: the tenant
+    /// limit, or the config key of an input limit (`limits.max_prompt_bytes`).
     pub fn limit(&self) -> Option<&'static str> {
         match self {
             RequestError::TenantLimit(r) => Some(r.reason()),
+            RequestError::OverLimit { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -175,6 +189,9 @@ pub struct Prepared {
     pub received: Instant,
     pub method: &'static str,
     pub tenant: TenantId,
+    /// The tenant table `tenant` indexes: the one this request was admitted with, even if a
+    /// reload has replaced it since.
+    pub tenants: std::sync::Arc<crate::tenants::Tenants>,
     pub priority: Priority,
 }
 

@@ -6,10 +6,8 @@
 use appl_engine::{ChatMessage, EngineError, EngineHandle, Sampling};
 
 use super::{GenerateInput, Prepared, PromptInput, RequestError, SamplingInput};
+use crate::config::LimitsConfig;
 use crate::state::AppState;
-
-/// The longest stop sequence accepted, in bytes.
-const MAX_STOP_BYTES: usize = 256;
 
 fn invalid(msg: impl Into<String>) -> RequestError {
     RequestError::Invalid(msg.into())
@@ -85,14 +83,7 @@ fn render_chat(engine: &EngineHandle, messages: &[ChatMessage]) -> Result<String
     if messages.is_empty() {
         return Err(invalid("messages is empty; send at least one user message"));
     }
-    for (i, m) in messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(invalid(format!(
-                "messages[{i}].role is {:?}; use system, user or assistant",
-                m.role
-            )));
-        }
-    }
+    check_roles(messages)?;
     engine.render_chat(messages).map_err(|e| match e {
         EngineError::ChatTemplate(m) => RequestError::ChatTemplate(m),
         other => RequestError::Internal(other.to_string()),
@@ -101,57 +92,148 @@ fn render_chat(engine: &EngineHandle, messages: &[ChatMessage]) -> Result<String
 
 /// Refuses text longer than `limits.max_prompt_bytes`.
 pub fn prompt_bytes(state: &AppState, what: &str, len: usize) -> Result<(), RequestError> {
-    let max = state.limits.max_prompt_bytes;
+    let max = state.limits().max_prompt_bytes;
     if len > max {
-        return Err(invalid(format!(
-            "the {what} is {len} bytes; this daemon accepts at most {max} (limits.max_prompt_bytes)"
-        )));
+        return Err(RequestError::OverLimit {
+            key: "limits.max_prompt_bytes",
+            message: format!(
+                "the {what} is {len} bytes; this daemon accepts at most {max} (limits.max_prompt_bytes)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A refusal for an input over a configured limit, naming the key.
+fn over(key: &'static str, message: String) -> RequestError {
+    RequestError::OverLimit { key, message }
+}
+
+/// Everything about a generation request that can be checked without a model: the prompt is
+/// not empty, chat messages (count, roles, bytes), sampling ranges, `max_tokens` and stop
+/// sequences, each against its configured limit. The fuzz target `request_validation` drives
+/// exactly this function.
+pub fn check_input(
+    limits: &LimitsConfig,
+    input: &GenerateInput,
+) -> Result<(u32, Sampling), RequestError> {
+    match &input.prompt {
+        PromptInput::Text(t) => {
+            if t.is_empty() {
+                return Err(invalid("prompt is empty; send the text to continue"));
+            }
+            if t.len() > limits.max_prompt_bytes {
+                return Err(over(
+                    "limits.max_prompt_bytes",
+                    format!(
+                        "the prompt is {} bytes; this daemon accepts at most {} (limits.max_prompt_bytes)",
+                        t.len(),
+                        limits.max_prompt_bytes
+                    ),
+                ));
+            }
+        }
+        PromptInput::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(invalid("messages is empty; send at least one user message"));
+            }
+            if messages.len() > limits.max_chat_messages {
+                return Err(over(
+                    "limits.max_chat_messages",
+                    format!(
+                        "{} chat messages given; at most {} are allowed (limits.max_chat_messages)",
+                        messages.len(),
+                        limits.max_chat_messages
+                    ),
+                ));
+            }
+            check_roles(messages)?;
+            let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+            if bytes > limits.max_prompt_bytes {
+                return Err(over(
+                    "limits.max_prompt_bytes",
+                    format!(
+                        "the messages hold {bytes} bytes; this daemon accepts at most {} (limits.max_prompt_bytes)",
+                        limits.max_prompt_bytes
+                    ),
+                ));
+            }
+        }
+    }
+    let sampling = sampling(&input.sampling)?;
+    let max_tokens = input.max_tokens.unwrap_or(limits.default_max_tokens);
+    if max_tokens == 0 {
+        return Err(invalid("max_tokens is 0; ask for at least 1 token"));
+    }
+    if max_tokens > limits.max_tokens_cap {
+        return Err(over(
+            "limits.max_tokens_cap",
+            format!(
+                "max_tokens is {max_tokens}; this daemon allows at most {} (limits.max_tokens_cap)",
+                limits.max_tokens_cap
+            ),
+        ));
+    }
+    if input.stop.len() > limits.max_stop_sequences {
+        return Err(over(
+            "limits.max_stop_sequences",
+            format!(
+                "{} stop sequences given; at most {} are allowed (limits.max_stop_sequences)",
+                input.stop.len(),
+                limits.max_stop_sequences
+            ),
+        ));
+    }
+    if let Some(long) = input.stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+        return Err(over(
+            "limits.max_stop_bytes",
+            format!(
+                "a stop sequence is {} bytes; at most {} are allowed (limits.max_stop_bytes)",
+                long.len(),
+                limits.max_stop_bytes
+            ),
+        ));
+    }
+    Ok((max_tokens, sampling))
+}
+
+fn check_roles(messages: &[ChatMessage]) -> Result<(), RequestError> {
+    for (i, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(invalid(format!(
+                "messages[{i}].role is {:?}; use system, user or assistant",
+                m.role
+            )));
+        }
     }
     Ok(())
 }
 
 impl AppState {
-    /// Validates a generation request for `tenant`: the model, the prompt's size in bytes and
-    /// in tokens, sampling, `max_tokens` and stop sequences.
+    /// Validates a generation request for `tenant`: [`check_input`], then what needs the
+    /// model: the rendered prompt's size in bytes and in tokens.
     pub fn prepare(&self, input: GenerateInput, tenant: &str) -> Result<Prepared, RequestError> {
-        if let PromptInput::Text(t) = &input.prompt {
-            if t.is_empty() {
-                return Err(invalid("prompt is empty; send the text to continue"));
-            }
-        }
+        let limits = self.limits();
+        let (max_tokens, sampling) = check_input(&limits, &input)?;
         let engine = self.engine(&input.model)?.clone();
         let prompt_text = render(&engine, &input.prompt)?;
-        let tenant = self.tenants.resolve(tenant);
+        let tenants = self.tenants();
+        let tenant = tenants.resolve(tenant);
         let priority = input
             .priority
-            .unwrap_or_else(|| self.tenants.policy(tenant).default_priority);
+            .unwrap_or_else(|| tenants.policy(tenant).default_priority);
         prompt_bytes(self, "prompt", prompt_text.len())?;
-        let sampling = sampling(&input.sampling)?;
-        let limits = &self.limits;
-        let max_tokens = input.max_tokens.unwrap_or(limits.default_max_tokens);
-        if max_tokens == 0 {
-            return Err(invalid("max_tokens is 0; ask for at least 1 token"));
-        }
-        if max_tokens > limits.max_tokens_cap {
-            return Err(invalid(format!(
-                "max_tokens is {max_tokens}; this daemon allows at most {} (limits.max_tokens_cap)",
-                limits.max_tokens_cap
-            )));
-        }
-        if input.stop.len() > limits.max_stop_sequences {
-            return Err(invalid(format!(
-                "{} stop sequences given; at most {} are allowed",
-                input.stop.len(),
-                limits.max_stop_sequences
-            )));
-        }
-        if let Some(long) = input.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(invalid(format!(
-                "a stop sequence is {} bytes; at most {MAX_STOP_BYTES} are allowed",
-                long.len()
-            )));
-        }
         let prompt = engine.tokenize(&prompt_text);
+        if prompt.len() > limits.max_prompt_tokens {
+            return Err(over(
+                "limits.max_prompt_tokens",
+                format!(
+                    "the prompt is {} tokens; this daemon accepts at most {} (limits.max_prompt_tokens)",
+                    prompt.len(),
+                    limits.max_prompt_tokens
+                ),
+            ));
+        }
         let ctx = engine.spec().ctx_per_slot() as usize;
         if prompt.len() >= ctx {
             return Err(invalid(format!(
@@ -171,6 +253,7 @@ impl AppState {
             received: input.received,
             method: input.method,
             tenant,
+            tenants,
             priority,
         })
     }

@@ -138,10 +138,16 @@ impl ExportFilter {
 }
 
 /// Describes an export file; written beside it as `<file>.manifest.json`.
+///
+/// The appliance signs the whole manifest ([`Manifest::signature`]): its filter, record count,
+/// first and last sequence numbers, the data file's SHA-256 and the gap hashes. So a filtered
+/// export proves, under the appliance's key, that it holds every record the filter selects up
+/// to its checkpoint, not only that the records it holds are genuine: a record moved from the
+/// data into a gap changes the count and the gaps, and breaks the signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Manifest format version (1).
+    /// Manifest format version (2: signed).
     pub manifest_version: u32,
     /// Data format.
     pub format: Format,
@@ -169,6 +175,51 @@ pub struct Manifest {
     pub gaps: Vec<Gap>,
     /// Records newer than the checkpoint, which this export could not include.
     pub not_covered: u64,
+    /// Ed25519 signature (hex) by the audit signing key over [`Manifest::signed_message`].
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// The current manifest version.
+pub const MANIFEST_VERSION: u32 = 2;
+
+impl Manifest {
+    /// The bytes that are signed: a fixed prefix, then the manifest as compact JSON with an
+    /// empty `signature`.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut m = self.clone();
+        m.signature.clear();
+        let mut out = b"appl-audit export manifest v2\n".to_vec();
+        // A struct of strings, numbers and vectors: serialization cannot fail.
+        out.extend(serde_json::to_vec(&m).expect("manifest serialization is infallible"));
+        out
+    }
+
+    fn sign(&mut self, key: &ed25519_dalek::SigningKey) {
+        use ed25519_dalek::Signer;
+        self.signature = hex::encode(key.sign(&self.signed_message()).to_bytes());
+    }
+
+    /// Checks the manifest's signature under `vk`.
+    pub fn verify_signature(&self, vk: &VerifyingKey) -> Result<(), String> {
+        use ed25519_dalek::Verifier;
+        if self.manifest_version < MANIFEST_VERSION || self.signature.is_empty() {
+            return Err("the manifest is not signed; export again with this version".into());
+        }
+        let sig = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .ok_or("the manifest's signature is malformed")?;
+        vk.verify(
+            &self.signed_message(),
+            &ed25519_dalek::Signature::from_bytes(&sig),
+        )
+        .map_err(|_| {
+            "the manifest's signature does not verify: its filter, count, gaps or data hash \
+                 were altered, or another key signed it"
+                .to_owned()
+        })
+    }
 }
 
 /// Progress of a running export.
@@ -289,8 +340,14 @@ pub fn export(
     }
     w.flush().map_err(io)?;
     let data_sha256 = hex::encode(w.hasher.finalize());
-    Ok(Manifest {
-        manifest_version: 1,
+    let key = crate::keys::load_signing_key(reader.dir())?;
+    if key.verifying_key() != vk {
+        return Err(AuditError::Key(
+            "the signing key beside the store is not the store's key".into(),
+        ));
+    }
+    let mut m = Manifest {
+        manifest_version: MANIFEST_VERSION,
         format,
         created: Timestamp::from_system(std::time::SystemTime::now()),
         filter: filter.clone(),
@@ -304,7 +361,10 @@ pub fn export(
         public_key: hex::encode(vk.as_bytes()),
         key_fingerprint: fingerprint(&vk),
         gaps,
-    })
+        signature: String::new(),
+    };
+    m.sign(&key);
+    Ok(m)
 }
 
 /// `<data>.manifest.json`.

@@ -27,6 +27,9 @@ pub fn verify_export(
     if let Err(e) = m.checkpoint.verify_signature(vk) {
         return Ok(rep.fail(None, None, e));
     }
+    if let Err(e) = m.verify_signature(vk) {
+        return Ok(rep.fail(None, None, e));
+    }
     rep.anchor(&m.checkpoint);
     let n = m.checkpoint.size;
     let mut rb = RootBuilder::new(n);
@@ -169,12 +172,14 @@ pub fn verify_export(
             m.not_covered
         ));
     }
-    if m.filter.actor.is_some() || m.filter.action.is_some() {
-        rep.notes.push(
-            "the export is filtered by actor or action: the signed root proves the exported \
-             records authentic, not that the filter selected all matching records"
-                .into(),
-        );
+    if m.filter != ExportFilter::default() {
+        rep.notes.push(format!(
+            "filtered export ({}): the appliance's signature on the manifest attests that these \
+             {} records are every record the filter selects among the checkpoint's {}",
+            serde_json::to_string(&m.filter).unwrap_or_default(),
+            m.count,
+            m.checkpoint.size
+        ));
     }
     rep.ok = true;
     Ok(rep)
