@@ -18,10 +18,14 @@ pub mod api;
 pub mod audit;
 pub mod audit_rpc;
 pub mod config;
+pub mod health;
 pub mod identity;
+pub mod lifecycle;
 pub mod listeners;
 pub mod metrics;
 pub mod models;
+pub mod ops_config;
+pub mod registry;
 pub mod request;
 pub mod serve;
 pub mod state;
@@ -29,15 +33,17 @@ pub mod tenants;
 pub mod transport;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use appl_engine::EngineError;
 use tracing::info;
 
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigError};
+use crate::registry::Registry;
 
 pub use listeners::Listeners;
-pub use models::{load_models, Engines};
+pub use models::{load_models, Hardware};
 pub use serve::serve;
 
 /// Why the daemon could not start.
@@ -70,6 +76,13 @@ pub enum StartupError {
     },
     #[error("the model hashing thread failed: {0}")]
     Hashing(String),
+    /// A model refused for a reason of its file (changed since it was verified) or the GPU it
+    /// was to go on.
+    #[error("model {id}: {source}")]
+    ModelRefused {
+        id: String,
+        source: models::LoadError,
+    },
 }
 
 impl StartupError {
@@ -89,54 +102,86 @@ impl StartupError {
             StartupError::Sizing { .. } => 69,
             StartupError::Probe(_) | StartupError::Bind { .. } | StartupError::Hashing(_) => 71,
             StartupError::Audit(_) => 74,
+            StartupError::ModelRefused { source, .. } => match source {
+                models::LoadError::Hash { .. } | models::LoadError::Missing(_) => 66,
+                models::LoadError::DoesNotFit(_) | models::LoadError::GpuFault { .. } => 69,
+                models::LoadError::Aborted | models::LoadError::Probe(_) => 71,
+                _ => 65,
+            },
         }
     }
 }
 
 /// Runs the daemon on bound listeners until `shutdown` resolves: opens the audit log (nothing is
-/// served unless it can write), loads every model while the GGUF files are hashed for the audit
-/// records, serves, then drains, stops and joins every engine, and closes the audit log.
+/// served unless it can write), loads every model (hashing each GGUF file while llama.cpp reads
+/// it) and records each load, serves, then drains, stops and joins every engine, and closes the
+/// audit log.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut auditor = Auditor::open(&config.audit)
+    let auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
-    // Hash the GGUF files (for the audit records) while llama.cpp loads them.
-    let hashing = {
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name("model-sha256".into())
-            .spawn(move || audit::hash_models(&config))
-            .map_err(|e| StartupError::Hashing(e.to_string()))?
-    };
-    let loaded = tokio::task::block_in_place(|| load_models(&config));
-    // Joined whatever `loaded` says: no thread outlives start-up.
-    let digests = hashing
-        .join()
-        .map_err(|_| StartupError::Hashing("it panicked".into()));
-    let failed = match (loaded, digests) {
-        (Ok(engines), Ok(Ok(digests))) => {
-            if let Err(e) = auditor.models_loaded(digests).await {
-                tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-                auditor.stop_startup_failed().await;
-                return Err(StartupError::from(e).into());
+    let registry = Arc::new(Registry::new(config.default_model().unwrap_or_default()));
+    let loaded = tokio::task::block_in_place(|| -> Result<Hardware, Failed> {
+        let hw = Hardware::detect(&config)?;
+        load_models(&config, &hw, &registry).map_err(|(id, error)| LoadFailed { id, error })?;
+        Ok(hw)
+    });
+    let failed = match loaded {
+        Ok(hw) => {
+            let mut recorded = Ok(());
+            for (id, m) in registry.snapshot().iter() {
+                recorded = auditor.model_loaded_at_start(id, m.sha256).await;
+                if recorded.is_err() {
+                    break;
+                }
             }
-            info!(models = engines.handles().len(), "models loaded");
-            return serve(&config, engines, auditor, listeners, shutdown).await;
+            match recorded {
+                Ok(()) => {
+                    info!(models = registry.snapshot().len(), "models loaded");
+                    return serve(&config, registry, hw, auditor, listeners, shutdown).await;
+                }
+                Err(e) => {
+                    tokio::task::block_in_place(|| registry.stop_all(models::ENGINE_STOP_TIMEOUT));
+                    StartupError::from(e)
+                }
+            }
         }
-        (Err(e), _) => e,
-        (Ok(engines), Ok(Err(e))) => {
-            tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-            StartupError::from(e)
-        }
-        (Ok(engines), Err(e)) => {
-            tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-            e
+        Err(Failed::Startup(e)) => e,
+        Err(Failed::Load(LoadFailed { id, error })) => {
+            let _ = auditor
+                .model_load_failed_at_start(&id, error.digest(), error.code(), error.reason())
+                .await;
+            error.at_startup(&id)
         }
     };
     auditor.stop_startup_failed().await;
     Err(failed.into())
+}
+
+/// A configured model that failed to load at start.
+struct LoadFailed {
+    id: String,
+    error: models::LoadError,
+}
+
+/// Why start-up stopped before serving.
+enum Failed {
+    Startup(StartupError),
+    Load(LoadFailed),
+}
+
+impl From<StartupError> for Failed {
+    fn from(e: StartupError) -> Failed {
+        Failed::Startup(e)
+    }
+}
+
+impl From<LoadFailed> for Failed {
+    fn from(e: LoadFailed) -> Failed {
+        Failed::Load(e)
+    }
 }

@@ -119,7 +119,7 @@ impl AppState {
                 return Err(invalid("prompt is empty; send the text to continue"));
             }
         }
-        let engine = self.engine(&input.model)?.clone();
+        let engine = self.engine(&input.model)?;
         let prompt_text = render(&engine, &input.prompt)?;
         let tenant = self.tenants.resolve(tenant);
         let priority = input
