@@ -645,7 +645,7 @@ mod tests {
             line("2026-01-01T10:00:03Z", "completed", "a", 0, 10, 100),
             line("2026-01-01T10:00:04Z", "completed", "b", 0, 20, 200),
             line("2026-01-02T09:00:00Z", "admitted", "d", 0, 30, 0),
-            line("2026-01-02T09:00:05Z", "completed", "d", 0, 30, 300),
+            line("2026-01-02T09:00:05Z", "completed", "d", 0, 30, 250),
         ] {
             t.add(&l).expect("a record");
         }
@@ -664,10 +664,10 @@ mod tests {
         assert_eq!(r.requests, 4);
         assert_eq!(r.queue_refusals, 1);
         assert_eq!(r.peak_concurrency, 3);
-        assert_eq!((r.prompt_tokens, r.completion_tokens), (60, 600));
-        assert!((r.tokens_per_day - 330.0).abs() < 1e-9);
-        // (30 prompt x $1 + 300 generated x $2) per day / 1M.
-        assert!((r.api_cost_per_day - 630e-6).abs() < 1e-12);
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (60, 550));
+        assert!((r.tokens_per_day - 305.0).abs() < 1e-9);
+        // (30 prompt x $1 + 275 generated x $2) per day / 1M.
+        assert!((r.api_cost_per_day - 580e-6).abs() < 1e-12);
         let (hour, tps) = r.peak_hour.clone().expect("a peak hour");
         assert_eq!(hour, "2026-01-01T10:00Z");
         assert!((tps - 300.0 / 3600.0).abs() < 1e-12);

@@ -243,6 +243,7 @@ impl ModelManager {
         let me = Arc::clone(self);
         self.exclusive("reload", async move {
             let loaded = me.registry.snapshot();
+            let only_changed = id.is_none();
             let ids: Vec<String> = match id {
                 Some(id) if loaded.contains_key(&id) => vec![id],
                 Some(id) => {
@@ -252,11 +253,10 @@ impl ModelManager {
                 }
                 None => loaded.keys().cloned().collect(),
             };
-            let all = ids.len() > 1 || ids.is_empty();
             let mut out = Vec::new();
             for (i, id) in ids.into_iter().enumerate() {
                 let rid = format!("{request_id}.{i}");
-                out.push(me.swap(&caller, &rid, &id, all).await?);
+                out.push(me.swap(&caller, &rid, &id, only_changed).await?);
             }
             Ok(out)
         })
@@ -539,12 +539,16 @@ impl ModelManager {
     /// Drains and stops a model already replaced in the registry; its digest and whether it
     /// drained in time.
     async fn retire_replaced(&self, id: &str, old: Arc<LoadedModel>) -> (Digest, bool) {
+        // Requests lease the new version meanwhile; status shows the old one draining.
+        self.registry
+            .set_activity(id, Activity::new(Op::Reload, Phase::Draining, 0));
         let drained = self.drained(&old).await;
         let sha = old.sha256;
         let res = tokio::task::spawn_blocking(move || old.engine.stop(ENGINE_STOP_TIMEOUT)).await;
         if !matches!(res, Ok(Ok(()))) {
             warn!(target: "engine", model = %id, "the replaced engine did not stop cleanly");
         }
+        self.registry.clear_activity(id);
         self.registry.counters.unloaded();
         info!(target: "engine", model = %id, drained, "the replaced model's engine stopped");
         (sha, drained)
