@@ -14,6 +14,7 @@ mod models_cmd;
 mod plan;
 mod plan_audit;
 mod status_ops;
+mod traffic;
 
 use std::io::Write;
 use std::process::ExitCode;

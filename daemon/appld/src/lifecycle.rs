@@ -32,8 +32,8 @@ use crate::config::{Config, ModelConfig};
 use crate::health::HealthState;
 use crate::identity::Caller;
 use crate::models::{
-    plan_model, start_model, verified_digest, EngineSettings, Hardware, LoadError, ModelPlan,
-    ENGINE_STOP_TIMEOUT,
+    plan_model, start_model, verified_digest, EngineSettings, FileChanged, Hardware, LoadError,
+    ModelPlan, ENGINE_STOP_TIMEOUT,
 };
 use crate::registry::{model_service, Activity, LoadedModel, Op, Phase, Registry};
 
@@ -571,13 +571,13 @@ impl ModelManager {
         if let Some((sidecar, want)) = verified_digest(&m.path)? {
             let actual = hex::encode(digest.0);
             if actual != want {
-                return Err(LoadError::Changed {
+                return Err(LoadError::Changed(Box::new(FileChanged {
                     path: m.path.clone(),
                     sidecar,
                     verified: want,
                     actual,
                     digest,
-                });
+                })));
             }
         }
         Ok(())

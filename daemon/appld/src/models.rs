@@ -52,14 +52,8 @@ pub enum LoadError {
     Probe(String),
     #[error("{0}")]
     Engine(EngineError),
-    #[error("{} changed on disk since it was verified: {} records SHA-256 {verified}, the file now hashes to {actual}; import it again with `applctl models import`", path.display(), sidecar.display())]
-    Changed {
-        path: PathBuf,
-        sidecar: PathBuf,
-        verified: String,
-        actual: String,
-        digest: Digest,
-    },
+    #[error("{0}")]
+    Changed(Box<FileChanged>),
     #[error("{}: the verified digest beside it ({}) cannot be read: {why}; import the model again with `applctl models import`", path.display(), sidecar.display())]
     BadSidecar {
         path: PathBuf,
@@ -79,6 +73,17 @@ pub enum LoadError {
     Aborted,
 }
 
+/// A model file whose digest is not the one verified at import.
+#[derive(Debug, thiserror::Error)]
+#[error("{} changed on disk since it was verified: {} records SHA-256 {verified}, the file now hashes to {actual}; import it again with `applctl models import`", path.display(), sidecar.display())]
+pub struct FileChanged {
+    pub path: PathBuf,
+    pub sidecar: PathBuf,
+    pub verified: String,
+    pub actual: String,
+    pub digest: Digest,
+}
+
 impl LoadError {
     /// A short stable reason for the audit record.
     pub fn reason(&self) -> &'static str {
@@ -88,7 +93,7 @@ impl LoadError {
             LoadError::DoesNotFit(_) => "does_not_fit",
             LoadError::Probe(_) => "probe_failed",
             LoadError::Engine(_) => "load_failed",
-            LoadError::Changed { .. } | LoadError::BadSidecar { .. } => "file_changed",
+            LoadError::Changed(_) | LoadError::BadSidecar { .. } => "file_changed",
             LoadError::ChangedWhileLoading(_) => "changed_while_loading",
             LoadError::Hash { .. } => "hash_failed",
             LoadError::GpuFault { .. } => "gpu_fault",
@@ -102,7 +107,7 @@ impl LoadError {
         match self {
             LoadError::Missing(_) => Code::NotFound,
             LoadError::Invalid(_)
-            | LoadError::Changed { .. }
+            | LoadError::Changed(_)
             | LoadError::BadSidecar { .. }
             | LoadError::ChangedWhileLoading(_) => Code::FailedPrecondition,
             LoadError::DoesNotFit(_) => Code::ResourceExhausted,
@@ -117,7 +122,7 @@ impl LoadError {
     /// The digest of the file, when the failure left one known.
     pub fn digest(&self) -> Option<Digest> {
         match self {
-            LoadError::Changed { digest, .. } => Some(*digest),
+            LoadError::Changed(c) => Some(c.digest),
             _ => None,
         }
     }
@@ -389,7 +394,7 @@ pub fn start_model(
     let spec = ModelSpec {
         id: m.id.clone(),
         path: m.path.clone(),
-        deployment: plan.deployment.clone(),
+        deployment: plan.deployment,
         threads: if m.threads == 0 {
             appl_engine::physical_cores()
         } else {
@@ -450,13 +455,13 @@ fn check_file(
     if let Some((sidecar, want)) = verified {
         let actual = hex::encode(digest.0);
         if actual != want {
-            return Err(LoadError::Changed {
+            return Err(LoadError::Changed(Box::new(FileChanged {
                 path: m.path.clone(),
                 sidecar,
                 verified: want,
                 actual,
                 digest,
-            });
+            })));
         }
     }
     if FileStamp::of(&m.path).ok().as_ref() != Some(&stamp) {
