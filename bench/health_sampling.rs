@@ -7,7 +7,8 @@
 //! 1. the time of one sample, as appld takes it on this machine (AMD sysfs scan + host
 //!    `/proc` reads; no NVIDIA driver here), and with a recorded file of 8 GPUs in its place;
 //! 2. a decode step of the demo model in the real daemon (single stream, so one step per
-//!    token), with the default interval (5 s) and with an aggressive 100 ms one;
+//!    token; one llama.cpp thread), with the default interval (5 s) and with an aggressive
+//!    100 ms one;
 //! 3. the share: sample time / interval (the sampler's share of one core, which is what a
 //!    decode step can lose to it on average), and sample time / step time (the most one step
 //!    can be delayed if the sample lands on the engine's core during that step).
@@ -109,7 +110,7 @@ fn main() {
             slots: 1,
             ctx_per_slot: 1024,
             max_tokens_cap: 1024,
-            threads: 2,
+            threads: 1,
             extra_config: format!("[health]\ninterval_ms = {interval_ms}\n"),
             ..harness::Opts::default()
         });

@@ -121,10 +121,22 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let registry = Arc::new(Registry::new(config.default_model().unwrap_or_default()));
+    run_with(config, listeners, shutdown, registry).await
+}
+
+/// [`run`] with a registry the caller made (`Registry::new(config.default_model())`) and may
+/// watch: [`Registry::status_line`] says what is being loaded, with its progress, at start and
+/// at run time (for systemd's `STATUS=`).
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: Arc<Registry>,
+) -> anyhow::Result<()> {
     let auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
-    let registry = Arc::new(Registry::new(config.default_model().unwrap_or_default()));
     let loaded = tokio::task::block_in_place(|| -> Result<Hardware, Failed> {
         let hw = Hardware::detect(&config)?;
         load_models(&config, &hw, &registry).map_err(|(id, error)| LoadFailed { id, error })?;

@@ -58,6 +58,9 @@ pub enum AdminError {
     Audit(#[from] AuditError),
     #[error("the daemon is stopping and changes no models")]
     ShuttingDown,
+    /// A bug: the operation's task failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AdminError {
@@ -71,6 +74,7 @@ impl AdminError {
             AdminError::Load { source, .. } => source.code(),
             AdminError::Audit(e) => crate::request::audit_code(e),
             AdminError::ShuttingDown => Code::Unavailable,
+            AdminError::Internal(_) => Code::Internal,
         }
     }
 }
@@ -167,7 +171,7 @@ impl ModelManager {
             f.await
         });
         task.await
-            .map_err(|e| AdminError::Invalid(format!("the operation failed: {e}")))?
+            .map_err(|e| AdminError::Internal(format!("the model operation failed: {e}")))?
     }
 
     /// Loads model `id`.
