@@ -174,4 +174,9 @@ async fn a_gpu_fault_takes_the_model_on_it_out_of_service_and_is_audited() {
         refused.reason.as_ref().map(|r| r.as_str()),
         Some("gpu_fault")
     );
+    // Refused before the file was read, it still names the file by its known digest.
+    assert_eq!(
+        refused.model_sha256.map(|d| hex::encode(d.0)),
+        Some(sha256_hex(&model_path()))
+    );
 }

@@ -164,8 +164,12 @@ pub async fn run_with(
         }
         Err(Failed::Startup(e)) => e,
         Err(Failed::Load(LoadFailed { id, error })) => {
+            let sha = error.digest().or_else(|| {
+                let m = config.models.iter().find(|m| m.id == id)?;
+                audit::known_sha256(&config.audit.dir, &m.path)
+            });
             let _ = auditor
-                .model_load_failed_at_start(&id, error.digest(), error.code(), error.reason())
+                .model_load_failed_at_start(&id, sha, error.code(), error.reason())
                 .await;
             error.at_startup(&id)
         }

@@ -27,7 +27,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::audit::{file_sha256, unload_action, AdminTicket, Auditor};
+use crate::audit::{file_sha256, known_sha256, unload_action, AdminTicket, Auditor};
 use crate::config::{Config, ModelConfig};
 use crate::health::HealthState;
 use crate::identity::Caller;
@@ -195,7 +195,7 @@ impl ModelManager {
                 .admin_begin(&caller, Action::ModelLoad, &request_id, &id)
                 .await?;
             let loaded = me.load_new(&m, Op::Load).await;
-            let sha = me.finish_load(ticket, &id, loaded).await?;
+            let sha = me.finish_load(ticket, &m, loaded).await?;
             Ok(Outcome {
                 message: format!("model {id} serves"),
                 model: id,
@@ -350,9 +350,10 @@ impl ModelManager {
     async fn finish_load(
         &self,
         ticket: AdminTicket,
-        id: &str,
+        m: &ModelConfig,
         loaded: Result<LoadedModel, LoadError>,
     ) -> Result<Digest, AdminError> {
+        let id = m.id.as_str();
         match loaded {
             Ok(m) => {
                 let sha = m.sha256;
@@ -369,17 +370,7 @@ impl ModelManager {
                 ticket.finish(tonic::Code::Ok, None, Some(sha)).await?;
                 Ok(sha)
             }
-            Err(e) => {
-                self.registry.counters.load_failed();
-                warn!(target: "engine", model = %id, error = %e, reason = e.reason(), "model not loaded");
-                ticket
-                    .finish(e.code(), Some(e.reason()), e.digest())
-                    .await?;
-                Err(AdminError::Load {
-                    id: id.to_owned(),
-                    source: e,
-                })
-            }
+            Err(e) => Err(self.fail(ticket, m, e).await),
         }
     }
 
@@ -478,7 +469,7 @@ impl ModelManager {
         if let Some(plan) = beside {
             let new = match self.start_planned(&m, plan, Op::Reload).await {
                 Ok(n) => n,
-                Err(e) => return Err(self.fail(load_ticket, id, e).await),
+                Err(e) => return Err(self.fail(load_ticket, &m, e).await),
             };
             let sha = new.sha256;
             self.registry.insert(Arc::new(new));
@@ -507,7 +498,7 @@ impl ModelManager {
         }
         // Not beside: check the new file before the old one goes.
         if let Err(e) = self.precheck(&m, &old).await {
-            return Err(self.fail(load_ticket, id, e).await);
+            return Err(self.fail(load_ticket, &m, e).await);
         }
         let unload = self
             .auditor
@@ -517,7 +508,7 @@ impl ModelManager {
         unload.finish(tonic::Code::Ok, None, old_sha).await?;
         let loaded = self.load_new(&m, Op::Reload).await;
         let sha = self
-            .finish_load(load_ticket, id, loaded)
+            .finish_load(load_ticket, &m, loaded)
             .await
             .map_err(|e| match e {
                 AdminError::Load { id, source } => AdminError::Load {
@@ -607,15 +598,19 @@ impl ModelManager {
         }
     }
 
-    /// Records a failed load and turns it into the operator's error.
-    async fn fail(&self, ticket: AdminTicket, id: &str, e: LoadError) -> AdminError {
+    /// Records a failed load (with the file's digest when it is known) and turns it into the
+    /// operator's error.
+    async fn fail(&self, ticket: AdminTicket, m: &ModelConfig, e: LoadError) -> AdminError {
         self.registry.counters.load_failed();
-        warn!(target: "engine", model = %id, error = %e, reason = e.reason(), "model not loaded");
-        if let Err(a) = ticket.finish(e.code(), Some(e.reason()), e.digest()).await {
+        warn!(target: "engine", model = %m.id, error = %e, reason = e.reason(), "model not loaded");
+        let sha = e
+            .digest()
+            .or_else(|| known_sha256(&self.settings.digest_cache, &m.path));
+        if let Err(a) = ticket.finish(e.code(), Some(e.reason()), sha).await {
             return AdminError::Audit(a);
         }
         AdminError::Load {
-            id: id.to_owned(),
+            id: m.id.clone(),
             source: e,
         }
     }

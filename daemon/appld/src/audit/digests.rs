@@ -75,6 +75,32 @@ impl FileStamp {
     }
 }
 
+/// The digest of a model file known without reading it: the cached one when the file is
+/// unchanged since it was hashed, else the one `applctl models import` verified and wrote
+/// beside it. For the record of a load refused before the file was hashed.
+pub fn known_sha256(cache_dir: &Path, path: &Path) -> Option<Digest> {
+    let hex_to = |h: &str| {
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(h, &mut d).ok().map(|()| Digest(d))
+    };
+    let id = FileId::of(path).ok();
+    let cache: Option<DigestCache> = std::fs::read(cache_dir.join(DIGEST_CACHE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let cached = cache.and_then(|c| {
+        c.entries
+            .into_iter()
+            .find(|(k, _)| Some(k) == id.as_ref())
+            .and_then(|(_, h)| hex_to(&h))
+    });
+    cached.or_else(|| {
+        let mut side = path.as_os_str().to_owned();
+        side.push(".sha256");
+        let text = std::fs::read_to_string(PathBuf::from(side)).ok()?;
+        hex_to(text.split_whitespace().next()?)
+    })
+}
+
 /// SHA-256 of a model's GGUF file, streaming, counting the bytes read in `hashed`; reuses the
 /// digest cached in `cache_dir` (the audit directory) for a file that has not changed, and
 /// caches a new one. Returns the digest and the file's identity when it was hashed. Blocking:

@@ -25,7 +25,7 @@ mod digests;
 mod models;
 mod ticket;
 
-pub use digests::{file_sha256, FileStamp};
+pub use digests::{file_sha256, known_sha256, FileStamp};
 pub use models::{fault_action, unload_action, AdminTicket};
 pub use ticket::{AuditTicket, RequestFacts};
 
