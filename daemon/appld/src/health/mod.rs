@@ -9,7 +9,7 @@
 //! that GPU out of service; `metrics.rs` renders the sample for Prometheus.
 //!
 //! The thread (`health-sampler`) is owned by [`HealthSampler`], which `serve` stops and joins
-//! before the engines stop.
+//! once the engines have stopped, before the audit log closes.
 
 pub mod faults;
 pub mod metrics;
