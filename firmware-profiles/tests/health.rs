@@ -210,3 +210,24 @@ fn a_recorded_file_is_read_afresh_each_sample() {
     std::fs::write(&path, "{\"gpus\": [").expect("write");
     assert!(matches!(src.sample(), Err(ProbeError::Parse { .. })));
 }
+
+/// On a machine with an NVIDIA driver this samples the real GPUs through NVML; elsewhere it
+/// checks that the missing driver means no NVML source, not an error.
+#[test]
+fn nvml_is_used_where_a_driver_is_and_quietly_absent_elsewhere() {
+    use appl_firmware_profiles::health::nvml::NvmlHealth;
+    match NvmlHealth::open() {
+        None => assert!(
+            !std::path::Path::new("/proc/driver/nvidia/version").exists(),
+            "an NVIDIA driver is loaded but NVML did not open"
+        ),
+        Some(mut n) => {
+            let gpus = n.sample().expect("NVML answers");
+            assert!(!gpus.is_empty());
+            for g in &gpus {
+                assert!(g.memory_total_bytes > 0, "{g:?}");
+                assert!(g.uuid.is_some(), "{g:?}");
+            }
+        }
+    }
+}
