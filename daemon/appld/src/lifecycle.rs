@@ -189,11 +189,18 @@ impl ModelManager {
                     "model {id:?} is already loaded; use reload to replace it"
                 )));
             }
-            let m = me.resolve(&id)?;
+            check_id(&id)?;
             let ticket = me
                 .auditor
                 .admin_begin(&caller, Action::ModelLoad, &request_id, &id)
                 .await?;
+            let m = match me.resolve(&id) {
+                Ok(m) => m,
+                Err(e) => {
+                    ticket.finish(e.code(), Some("model_missing"), None).await?;
+                    return Err(e);
+                }
+            };
             let loaded = me.load_new(&m, Op::Load).await;
             let sha = me.finish_load(ticket, &m, loaded).await?;
             Ok(Outcome {
@@ -269,12 +276,7 @@ impl ModelManager {
 
     /// The model `id` stands for: its `[[models]]` entry, or `ID.gguf` in the model store.
     fn resolve(&self, id: &str) -> Result<ModelConfig, AdminError> {
-        if appl_audit::Ident::new(id).is_err() || id.contains('/') || id.starts_with('.') {
-            return Err(AdminError::Invalid(format!(
-                "model id {id:?} must be 1-256 of letters, digits and ._-:@=,+[]#, without / \
-                 and not starting with a dot"
-            )));
-        }
+        check_id(id)?;
         if let Some(m) = self.config.models.iter().find(|m| m.id == id) {
             return Ok(m.clone());
         }
@@ -630,6 +632,17 @@ impl ModelManager {
             warn!(target: "engine", "a model operation was still running at shutdown");
         }
     }
+}
+
+/// A model id the audit log can record and the model store can hold as a file name.
+fn check_id(id: &str) -> Result<(), AdminError> {
+    if appl_audit::Ident::new(id).is_err() || id.contains('/') || id.starts_with('.') {
+        return Err(AdminError::Invalid(format!(
+            "model id {id:?} must be 1-256 of letters, digits and ._-:@=,+[]#, without / and \
+             not starting with a dot"
+        )));
+    }
+    Ok(())
 }
 
 fn retire_message(id: &str, drained: bool) -> String {
