@@ -3,7 +3,8 @@
 # Needs root (or sudo) only when something is missing. Rust itself (>= 1.88) must come from rustup.
 set -euo pipefail
 
-PKGS=(build-essential cmake clang libclang-dev pkg-config python3 python3-pip python3-venv git)
+# prometheus: for `promtool check rules` on the shipped alerting rules.
+PKGS=(build-essential cmake clang libclang-dev pkg-config python3 python3-pip python3-venv git prometheus)
 
 missing=()
 for p in "${PKGS[@]}"; do

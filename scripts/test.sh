@@ -11,6 +11,9 @@ export APPL_TEST_MODEL
 cargo fmt --all -- --check
 # Supply chain: licences, sources and bans; advisories where the database can be had.
 scripts/deny.sh
+# The shipped Prometheus alerting rules parse and are valid (the metrics they name are checked
+# against a live scrape by tests/e2e/monitoring.rs).
+promtool check rules packaging/monitoring/appl-alerts.yml
 # Lint with `cargo clippy --workspace --all-targets -- -D warnings` before committing. It is not
 # run here: clippy's check build resolves llama-cpp-sys-2 differently from the test build, so it
 # would compile llama.cpp a second time (8+ minutes on a 2-core CI machine).

@@ -10,7 +10,13 @@ mod audit;
 mod certs;
 mod check;
 mod client;
+mod diagnose;
+mod import;
+mod models_cmd;
 mod plan;
+mod plan_audit;
+mod status_ops;
+mod traffic;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,11 +39,8 @@ struct Cli {
 enum Cmd {
     /// Generate text from a prompt and stream it to stdout.
     Generate(GenerateArgs),
-    /// List the models the daemon serves.
-    Models {
-        #[arg(long)]
-        json: bool,
-    },
+    /// List the models the daemon serves; import, load, unload or reload one.
+    Models(models_cmd::ModelsArgs),
     /// Ask the daemon whether it is serving (grpc.health.v1). Exit 0 when SERVING.
     Health {
         /// Service to ask about; empty means the whole daemon.
@@ -52,8 +55,13 @@ enum Cmd {
     /// Check this machine (or a recorded --inventory) against the sizing rules. Works without
     /// the daemon. Exit 0 when it passes, 1 when it fails.
     Check(check::CheckArgs),
-    /// Compare API spend with self-hosting for a planned volume.
+    /// Compare API spend with self-hosting for a planned volume, or (--from-audit) for the
+    /// traffic the audit log recorded.
     Plan(plan::PlanArgs),
+    /// Write one archive for the vendor: versions, build, redacted config, hardware, recent
+    /// logs, status and the audit log's verify report. Never a prompt, completion, audit
+    /// record, key or private part of a certificate. Works with the daemon stopped.
+    Diagnose(diagnose::DiagnoseArgs),
     /// Export, verify and tail the audit log.
     Audit {
         #[command(subcommand)]
@@ -134,11 +142,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Generate(args) => generate(&cli.conn, args).await,
-        Cmd::Models { json } => models(&cli.conn, json).await,
+        Cmd::Models(a) => match &a.cmd {
+            None => models(&cli.conn, a.json).await,
+            Some(c) => models_cmd::run(&cli.conn, c).await,
+        },
         Cmd::Health { service } => health(&cli.conn, service).await,
         Cmd::Status { json } => status(&cli.conn, json).await,
         Cmd::Check(args) => check::run(&args),
+        Cmd::Plan(args) if args.audit.from_audit => plan_audit::run(&cli.conn, &args).await,
         Cmd::Plan(args) => plan::run(&args),
+        Cmd::Diagnose(args) => diagnose::run(&cli.conn, &args).await,
         Cmd::Audit { cmd } => audit::run(&cli.conn, &cmd).await,
         Cmd::Certs { cmd } => certs::run(&cmd),
         Cmd::Keys { cmd } => certs::keys(&cmd),
@@ -347,7 +360,7 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
                 })
             })
             .collect();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "version": s.version, "uptime_s": s.uptime_s, "engines": engines,
             "tenants": tenants,
             "rejected_tenant_concurrency": s.rejected_tenant_concurrency,
@@ -364,6 +377,7 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
             "caller": {"actor": s.caller, "tenant": s.caller_tenant, "roles": s.caller_roles},
             "warnings": security_warnings(&s, conn),
         });
+        status_ops::extend_json(&mut v, &s);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for w in security_warnings(&s, conn) {
@@ -385,6 +399,8 @@ async fn status(conn: &client::ConnArgs, json: bool) -> anyhow::Result<ExitCode>
             s.audit_records,
             s.audit_key
         );
+        status_ops::print_text(&s);
+        println!();
         println!(
             "{:<24} {:>5} {:>6} {:>6} {:>9} {:>9} {:>11} {:>11} {:>9}",
             "MODEL",

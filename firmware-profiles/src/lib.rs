@@ -3,6 +3,7 @@
 //! - [`profile`]: one TOML profile per GPU SKU (and one for CPU-only hosts), embedded in the
 //!   binary, validated by tests; every number cites its source.
 //! - [`probe`]: NVIDIA (NVML), AMD (sysfs) and CPU/RAM (`/proc`) probes behind [`probe::GpuProbe`].
+//! - [`health`]: live GPU and host health ([`health::HealthSource`]), and what is a fault.
 //! - [`inventory`]: the probed machine as a serializable [`inventory::Inventory`].
 //! - [`gguf`]: a defensive GGUF metadata reader ([`gguf::GgufInfo`]).
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
@@ -48,6 +49,7 @@
 
 pub mod check;
 pub mod gguf;
+pub mod health;
 pub mod inventory;
 pub mod plan;
 pub mod probe;

@@ -194,7 +194,7 @@ pub fn gfx_target_name(v: u64) -> Option<String> {
     Some(format!("gfx{major}{minor:x}{step:x}"))
 }
 
-fn read_trim(path: &Path) -> Option<String> {
+pub(crate) fn read_trim(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
@@ -241,35 +241,8 @@ impl GpuProbe for AmdSysfsProbe {
             .map(|v| v.split('-').next().unwrap_or_default().to_string())
             .filter(|v| !v.is_empty());
 
-        let drm = self.root.join("sys/class/drm");
-        let Ok(entries) = std::fs::read_dir(&drm) else {
-            return Ok(vec![]);
-        };
-        let mut cards: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_prefix("card"))
-                    .is_some_and(|rest| {
-                        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit())
-                    })
-            })
-            .collect();
-        cards.sort_by_key(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("card"))
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(u32::MAX)
-        });
         let mut gpus = Vec::new();
-        for card in cards {
-            let dev = card.join("device");
-            if read_trim(&dev.join("vendor")).and_then(|v| parse_hex_u32(&v)) != Some(0x1002) {
-                continue;
-            }
+        for dev in amd_card_devices(&self.root) {
             let total_path = dev.join("mem_info_vram_total");
             let Some(total) = read_trim(&total_path) else {
                 continue; // an AMD display function without VRAM accounting: not a compute GPU
@@ -321,6 +294,35 @@ impl GpuProbe for AmdSysfsProbe {
         }
         Ok(gpus)
     }
+}
+
+/// The `device` folders of AMD DRM cards under `{root}/sys/class/drm` (`card0`, `card1`, ...,
+/// not connectors such as `card0-DP-1`), in card order. Shared by the inventory probe and the
+/// health sampler, so both number AMD GPUs alike.
+pub(crate) fn amd_card_devices(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root.join("sys/class/drm")) else {
+        return vec![];
+    };
+    let card_number = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("card"))
+            .filter(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok())
+    };
+    let mut cards: Vec<(u32, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| Some((card_number(&p)?, p)))
+        .collect();
+    cards.sort_by_key(|(n, _)| *n);
+    cards
+        .into_iter()
+        .map(|(_, p)| p.join("device"))
+        .filter(|dev| {
+            read_trim(&dev.join("vendor")).and_then(|v| parse_hex_u32(&v)) == Some(0x1002)
+        })
+        .collect()
 }
 
 /// `"32.0 GT/s PCIe"` → 5, using the per-lane rates of PCIe generations 1 to 6.

@@ -6,6 +6,19 @@ use appl_firmware_profiles::gguf::{GgmlType, GgufError, GgufInfo};
 use common::{demo_model, llama_8b, GgufWriter, Quant, V};
 
 #[test]
+fn a_file_cut_off_in_its_tensor_data_is_incomplete() {
+    let Some(path) = demo_model() else { return };
+    let info = GgufInfo::from_path(&path).expect("demo model parses");
+    let len = std::fs::metadata(&path).expect("stat").len();
+    assert!(info.data_end() <= len && info.data_end() > len - 4096);
+    info.check_complete(len)
+        .expect("the whole file is complete");
+    let err = info.check_complete(len / 2).expect_err("half a file");
+    assert!(matches!(err, GgufError::Truncated { .. }), "{err:?}");
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
 fn reads_the_demo_model() {
     let Some(path) = demo_model() else { return };
     let info = GgufInfo::from_path(&path).expect("demo model parses");

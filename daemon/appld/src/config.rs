@@ -65,6 +65,12 @@ pub struct Config {
     /// `[[api_keys]]`: SHA-256 digests of API keys, each with a tenant and roles.
     #[serde(default)]
     pub api_keys: Vec<crate::identity::config::ApiKeyConfig>,
+    /// `[health]`: live hardware health sampling.
+    #[serde(default)]
+    pub health: crate::ops_config::HealthConfig,
+    /// `[model_store]`: where imported models live.
+    #[serde(default)]
+    pub model_store: crate::ops_config::ModelStoreConfig,
 }
 
 /// `[queue]`: how engines order, pause and reuse work.
@@ -230,6 +236,27 @@ pub struct ModelConfig {
     /// none says so.
     #[serde(default)]
     pub default: bool,
+    /// Load it when the daemon starts; with `false` it waits for `applctl models load ID`.
+    #[serde(default = "defaults::autoload")]
+    pub autoload: bool,
+}
+
+impl ModelConfig {
+    /// A model found in the model store, with every setting at its default.
+    pub fn with_defaults(id: &str, path: PathBuf) -> ModelConfig {
+        ModelConfig {
+            id: id.to_owned(),
+            path,
+            slots: defaults::slots(),
+            ctx_per_slot: defaults::ctx_per_slot(),
+            batch_tokens: defaults::batch_tokens(),
+            threads: 0,
+            gpu_layers: GpuLayersSetting::default(),
+            chat_template: defaults::chat_template(),
+            default: false,
+            autoload: true,
+        }
+    }
 }
 
 /// `gpu_layers = "auto"` or `gpu_layers = N`.
@@ -308,6 +335,9 @@ mod defaults {
     pub fn chat_template() -> String {
         "embedded".to_owned()
     }
+    pub fn autoload() -> bool {
+        true
+    }
 }
 
 impl Config {
@@ -347,6 +377,7 @@ impl Config {
         if !inv.as_os_str().is_empty() && inv.is_relative() {
             *inv = base.join(&*inv);
         }
+        crate::ops_config::resolve_paths(&mut self.health, &mut self.model_store, base);
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -394,6 +425,9 @@ impl Config {
                 "server.socket_mode".into(),
                 "must be permission bits, such as 0o660",
             ));
+        }
+        if let Err((key, reason)) = crate::ops_config::validate(&self.health, &self.model_store) {
+            return Err(invalid(key, reason));
         }
         let l = &self.limits;
         if l.max_tokens_cap == 0 {

@@ -19,11 +19,15 @@ pub mod api;
 pub mod audit;
 pub mod audit_rpc;
 pub mod config;
+pub mod health;
 pub mod identity;
+pub mod lifecycle;
 pub mod listeners;
 pub mod live;
 pub mod metrics;
 pub mod models;
+pub mod ops_config;
+pub mod registry;
 pub mod reload;
 pub mod request;
 pub mod serve;
@@ -33,15 +37,17 @@ pub mod tls;
 pub mod transport;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use appl_engine::EngineError;
 use tracing::info;
 
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigError};
+use crate::registry::Registry;
 
 pub use listeners::Listeners;
-pub use models::{load_models, Engines};
+pub use models::{load_models, Hardware};
 pub use reload::ReloadSource;
 pub use serve::serve;
 
@@ -75,6 +81,13 @@ pub enum StartupError {
     },
     #[error("the model hashing thread failed: {0}")]
     Hashing(String),
+    /// A model refused for a reason of its file (changed since it was verified) or the GPU it
+    /// was to go on.
+    #[error("model {id}: {source}")]
+    ModelRefused {
+        id: String,
+        source: models::LoadError,
+    },
 }
 
 impl StartupError {
@@ -94,68 +107,109 @@ impl StartupError {
             StartupError::Sizing { .. } => 69,
             StartupError::Probe(_) | StartupError::Bind { .. } | StartupError::Hashing(_) => 71,
             StartupError::Audit(_) => 74,
+            StartupError::ModelRefused { source, .. } => match source {
+                models::LoadError::Hash { .. } | models::LoadError::Missing(_) => 66,
+                models::LoadError::DoesNotFit(_) | models::LoadError::GpuFault { .. } => 69,
+                models::LoadError::Aborted | models::LoadError::Probe(_) => 71,
+                _ => 65,
+            },
         }
     }
 }
 
 /// Runs the daemon on bound listeners until `shutdown` resolves: opens the audit log (nothing is
-/// served unless it can write), loads every model while the GGUF files are hashed for the audit
-/// records, serves, then drains, stops and joins every engine, and closes the audit log.
+/// served unless it can write), loads every model (hashing each GGUF file while llama.cpp reads
+/// it) and records each load, serves, then drains, stops and joins every engine, and closes the
+/// audit log.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_reload(config, listeners, shutdown, None).await
+    let registry = Arc::new(Registry::new(config.default_model().unwrap_or_default()));
+    run_with(config, listeners, shutdown, registry, None).await
 }
 
-/// [`run`], reloading the config file on each message of `reload` (SIGHUP).
-pub async fn run_with_reload(
+/// [`run`] with a registry the caller made (`Registry::new(config.default_model())`) and may
+/// watch: [`Registry::status_line`] says what is being loaded, with its progress, at start and
+/// at run time (for systemd's `STATUS=`). Each message of `reload` (SIGHUP) reloads the config
+/// file.
+pub async fn run_with(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: Arc<Registry>,
     reload: Option<ReloadSource>,
 ) -> anyhow::Result<()> {
     // Bad TLS files are a configuration error: found before anything else starts.
     check_tls(&config)?;
-    let mut auditor = Auditor::open(&config.audit)
+    let auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
-    // Hash the GGUF files (for the audit records) while llama.cpp loads them.
-    let hashing = {
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name("model-sha256".into())
-            .spawn(move || audit::hash_models(&config))
-            .map_err(|e| StartupError::Hashing(e.to_string()))?
-    };
-    let loaded = tokio::task::block_in_place(|| load_models(&config));
-    // Joined whatever `loaded` says: no thread outlives start-up.
-    let digests = hashing
-        .join()
-        .map_err(|_| StartupError::Hashing("it panicked".into()));
-    let failed = match (loaded, digests) {
-        (Ok(engines), Ok(Ok(digests))) => {
-            if let Err(e) = auditor.models_loaded(digests).await {
-                tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-                auditor.stop_startup_failed().await;
-                return Err(StartupError::from(e).into());
+    let loaded = tokio::task::block_in_place(|| -> Result<Hardware, Failed> {
+        let hw = Hardware::detect(&config)?;
+        load_models(&config, &hw, &registry).map_err(|(id, error)| LoadFailed { id, error })?;
+        Ok(hw)
+    });
+    let failed = match loaded {
+        Ok(hw) => {
+            let mut recorded = Ok(());
+            for (id, m) in registry.snapshot().iter() {
+                recorded = auditor.model_loaded_at_start(id, m.sha256).await;
+                if recorded.is_err() {
+                    break;
+                }
             }
-            info!(models = engines.handles().len(), "models loaded");
-            return serve(&config, engines, auditor, listeners, shutdown, reload).await;
+            match recorded {
+                Ok(()) => {
+                    info!(models = registry.snapshot().len(), "models loaded");
+                    return serve(&config, registry, hw, auditor, listeners, shutdown, reload)
+                        .await;
+                }
+                Err(e) => {
+                    tokio::task::block_in_place(|| registry.stop_all(models::ENGINE_STOP_TIMEOUT));
+                    StartupError::from(e)
+                }
+            }
         }
-        (Err(e), _) => e,
-        (Ok(engines), Ok(Err(e))) => {
-            tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-            StartupError::from(e)
-        }
-        (Ok(engines), Err(e)) => {
-            tokio::task::block_in_place(|| engines.stop(models::ENGINE_STOP_TIMEOUT));
-            e
+        Err(Failed::Startup(e)) => e,
+        Err(Failed::Load(LoadFailed { id, error })) => {
+            let sha = error.digest().or_else(|| {
+                let m = config.models.iter().find(|m| m.id == id)?;
+                audit::known_sha256(&config.audit.dir, &m.path)
+            });
+            let _ = auditor
+                .model_load_failed_at_start(&id, sha, error.code(), error.reason())
+                .await;
+            error.at_startup(&id)
         }
     };
     auditor.stop_startup_failed().await;
     Err(failed.into())
+}
+
+/// A configured model that failed to load at start.
+struct LoadFailed {
+    id: String,
+    error: models::LoadError,
+}
+
+/// Why start-up stopped before serving.
+enum Failed {
+    Startup(StartupError),
+    Load(LoadFailed),
+}
+
+impl From<StartupError> for Failed {
+    fn from(e: StartupError) -> Failed {
+        Failed::Startup(e)
+    }
+}
+
+impl From<LoadFailed> for Failed {
+    fn from(e: LoadFailed) -> Failed {
+        Failed::Load(e)
+    }
 }
 
 /// Loads the TLS material `[tls]` names when TCP is served with TLS, so that a missing or bad

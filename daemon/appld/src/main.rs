@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use appld::config::{Config, LogFormat};
@@ -91,7 +92,10 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             signals: reload_signals()?,
         };
         let listeners = Listeners::bind(&config).await?;
-        appld::run_with_reload(config, listeners, shutdown_signal(), Some(reload)).await
+        let registry = Arc::new(appld::registry::Registry::new(
+            config.default_model().unwrap_or_default(),
+        ));
+        appld::run_with(config, listeners, shutdown_signal(), registry, Some(reload)).await
     })
 }
 

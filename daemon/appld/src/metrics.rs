@@ -11,12 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
+use crate::audit::Auditor;
 use crate::state::AppState;
 
 /// Serves scrapes until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    audit: Arc<Auditor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -24,9 +26,9 @@ pub async fn serve(
             _ = stop.wait_for(|s| *s) => return,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let state = Arc::clone(&state);
+                let (state, audit) = (Arc::clone(&state), Arc::clone(&audit));
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &state).await {
+                    if let Err(e) = answer(stream, &state, &audit).await {
                         debug!(target: "api", error = %e, "metrics scrape failed");
                     }
                 });
@@ -35,7 +37,7 @@ pub async fn serve(
     }
 }
 
-async fn answer(mut stream: TcpStream, state: &AppState) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, state: &AppState, audit: &Auditor) -> std::io::Result<()> {
     let mut buf = [0u8; 4096];
     let mut n = 0;
     let read = async {
@@ -59,7 +61,7 @@ async fn answer(mut stream: TcpStream, state: &AppState) -> std::io::Result<()> 
     }
     let head = &buf[..n];
     let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-        ("200 OK", render(state))
+        ("200 OK", render(state, audit))
     } else {
         ("404 Not Found", "not found; scrape /metrics\n".to_owned())
     };
@@ -71,7 +73,7 @@ async fn answer(mut stream: TcpStream, state: &AppState) -> std::io::Result<()> 
     stream.shutdown().await
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -86,19 +88,20 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) 
 }
 
 /// Label values are ids from the config (validated ASCII), but escape anyway.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
 /// The exposition text for the whole daemon.
-pub fn render(state: &AppState) -> String {
-    let mut out = String::with_capacity(8192);
-    let snaps: Vec<_> = state
-        .engines
+pub fn render(state: &AppState, audit: &Auditor) -> String {
+    let mut out = String::with_capacity(16384);
+    let models = state.models.snapshot();
+    let snaps: Vec<_> = models
         .values()
-        .map(|e| {
+        .map(|m| {
+            let e = &m.engine;
             (
                 format!("model=\"{}\"", esc(&e.spec().id)),
                 e.spec().slots(),
@@ -264,5 +267,6 @@ pub fn render(state: &AppState) -> String {
             tenants.in_flight(id)
         );
     }
+    crate::health::metrics::render(&mut out, state, &audit.status());
     out
 }

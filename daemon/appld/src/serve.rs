@@ -6,7 +6,9 @@
 //! 3. past that, every engine is stopped and joined: what still runs ends with a final
 //!    `cancelled` message, and each llama.cpp context is freed on its own thread;
 //! 4. the streams deliver their last message (briefly), then the remaining connections are cut;
-//! 5. the audit log records the stop, signs a final checkpoint and closes.
+//! 5. model operations in progress are aborted, the health sampler stops and the faults it
+//!    found are recorded;
+//! 6. the audit log records the stop, signs a final checkpoint and closes.
 //!
 //! Every request passes the edge layer first ([`crate::identity::edge`]): identity, roles,
 //! metadata and message limits, admin-action records. SIGHUP reloads what can change at run
@@ -28,19 +30,25 @@ use crate::api::Api;
 use crate::audit::Auditor;
 use crate::audit_rpc::AuditRpc;
 use crate::config::{Config, MAX_MESSAGE_BYTES};
+use crate::health::faults::handle_faults;
+use crate::health::{HealthSampler, HealthState, Sampler};
 use crate::identity::edge::EdgeLayer;
 use crate::identity::AuthTable;
+use crate::lifecycle::{ManagerParts, ModelManager};
 use crate::listeners::Listeners;
 use crate::live::Live;
-use crate::models::{Engines, ENGINE_STOP_TIMEOUT};
+use crate::models::{Hardware, ENGINE_STOP_TIMEOUT};
+use crate::registry::{model_service, Registry};
 use crate::reload::{ReloadSource, Reloader};
-use crate::state::AppState;
-use crate::state::TransportStatus;
+use crate::state::{AppState, TransportStatus};
 use crate::transport::{self, Incoming};
 use crate::{metrics, tenants};
 
 /// How long requests ended by an engine stop have to deliver their last message.
 const FINAL_MESSAGE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the health sampler may take to finish a sample and stop.
+const SAMPLER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Services whose health goes `NOT_SERVING` while the daemon drains.
 const DRAINED_SERVICES: [&str; 2] = ["", "appl.v1.Inference"];
@@ -49,27 +57,19 @@ const DRAINED_SERVICES: [&str; 2] = ["", "appl.v1.Inference"];
 /// Each message from `reload` reloads the config file.
 pub async fn serve(
     config: &Config,
-    engines: Engines,
+    registry: Arc<Registry>,
+    hardware: Hardware,
     auditor: Auditor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Option<ReloadSource>,
 ) -> anyhow::Result<()> {
-    let chat_templates = config
-        .models
-        .iter()
-        .map(|m| (m.id.clone(), m.chat_template.clone()))
-        .collect();
-    let default_model = config.default_model().unwrap_or_default().to_owned();
+    let health = Arc::new(HealthState::default());
     let state = Arc::new(
-        AppState::new(
-            engines.handles().clone(),
-            default_model,
-            config.limits.clone(),
-            chat_templates,
-        )
-        .with_tenants(tenants::table(&config.tenants))
-        .with_auth(AuthTable::from_config(config)),
+        AppState::new(Arc::clone(&registry), config.limits.clone())
+            .with_tenants(tenants::table(&config.tenants))
+            .with_health(Arc::clone(&health))
+            .with_auth(AuthTable::from_config(config)),
     );
     let tcp_mode = config.tls.mode(listeners.tcp.is_some());
     let tls = match (&listeners.tcp, config.tls.insecure_plaintext) {
@@ -104,15 +104,46 @@ pub async fn serve(
         }
     }
     let auditor = Arc::new(auditor);
-    let api = Api::new(Arc::clone(&state), Arc::clone(&auditor));
     let audit_rpc = AuditRpc::new(Arc::clone(&auditor));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<InferenceServer<Api>>().await;
     health_reporter.set_serving::<AdminServer<Api>>().await;
     health_reporter.set_serving::<AuditServer<AuditRpc>>().await;
+    for id in registry.snapshot().keys() {
+        health_reporter
+            .set_service_status(model_service(id), ServingStatus::Serving)
+            .await;
+    }
     // Inference (and the server as a whole) is NOT_SERVING while the audit log cannot write.
     let audit_health = auditor.watch_health(health_reporter.clone());
+    let manager = Arc::new(ModelManager::new(ManagerParts {
+        registry: Arc::clone(&registry),
+        hardware: hardware.clone(),
+        config: Arc::new(config.clone()),
+        auditor: Arc::clone(&auditor),
+        reporter: health_reporter.clone(),
+        health: Arc::clone(&health),
+    }));
+    let api = Api::new(
+        Arc::clone(&state),
+        Arc::clone(&auditor),
+        Arc::clone(&manager),
+    );
+    // Hardware health: the sampler thread, and the task that acts on the faults it finds.
+    let (fault_tx, fault_rx) = tokio::sync::mpsc::unbounded_channel();
+    let faults = tokio::spawn(handle_faults(
+        fault_rx,
+        Arc::clone(&registry),
+        health_reporter.clone(),
+        Arc::clone(&auditor),
+    ));
+    let sampler = HealthSampler::start(
+        Sampler::from_config(&config.health, hardware.baseline().clone()),
+        config.health.interval(),
+        Arc::clone(&health),
+        fault_tx,
+    )?;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(appl_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -154,7 +185,12 @@ pub async fn serve(
     let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
     let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(m) = listeners.metrics {
-        tokio::spawn(metrics::serve(m, Arc::clone(&state), stop_rx.clone()));
+        tokio::spawn(metrics::serve(
+            m,
+            Arc::clone(&state),
+            Arc::clone(&auditor),
+            stop_rx.clone(),
+        ));
     }
     if let Some(tcp) = listeners.tcp {
         let stop = stopped(stop_rx.clone());
@@ -197,7 +233,7 @@ pub async fn serve(
                 );
                 state.draining.store(true, Ordering::Relaxed);
                 audit_health.abort();
-                not_serving(&reporter).await;
+                not_serving(&reporter, &state.models).await;
             }
         });
     }
@@ -218,7 +254,8 @@ pub async fn serve(
                 warn!(open_servers = servers.len(), "drain timeout reached; ending the requests still in flight");
                 // Every request still in an engine gets its final message now; the servers
                 // then finish on their own, or are cut after a short grace.
-                tokio::task::block_in_place(|| engines.stop(ENGINE_STOP_TIMEOUT));
+                manager.close().await;
+                tokio::task::block_in_place(|| registry.stop_all(ENGINE_STOP_TIMEOUT));
                 let cut = tokio::time::sleep(FINAL_MESSAGE_GRACE);
                 tokio::pin!(cut);
                 loop {
@@ -236,7 +273,14 @@ pub async fn serve(
         }
     }
     // Idempotent when the drain timeout already stopped them.
-    tokio::task::block_in_place(|| engines.stop(ENGINE_STOP_TIMEOUT));
+    manager.close().await;
+    tokio::task::block_in_place(|| registry.stop_all(ENGINE_STOP_TIMEOUT));
+    // The sampler stops (dropping its fault channel), then the fault task records what it
+    // still holds before the audit log closes.
+    tokio::task::block_in_place(|| sampler.stop(SAMPLER_STOP_TIMEOUT));
+    if let Err(e) = faults.await {
+        warn!(target: "health", error = %e, "the fault task failed");
+    }
     state.requests.close();
     if tokio::time::timeout(FINAL_MESSAGE_GRACE, state.requests.wait())
         .await
@@ -258,11 +302,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// Tells health checkers (and load balancers) that this daemon takes no new work.
-async fn not_serving(reporter: &HealthReporter) {
+/// Tells health checkers (and load balancers) that this daemon takes no new work, nor does
+/// any of its models.
+async fn not_serving(reporter: &HealthReporter, models: &Registry) {
     for s in DRAINED_SERVICES {
         reporter
             .set_service_status(s, ServingStatus::NotServing)
+            .await;
+    }
+    for id in models.snapshot().keys() {
+        reporter
+            .set_service_status(model_service(id), ServingStatus::NotServing)
             .await;
     }
 }

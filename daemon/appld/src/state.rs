@@ -1,29 +1,29 @@
-//! The daemon's shared state: the loaded engines, the request limits, the tenant table, the
-//! identity table, and the request-id source. Both request faces and the metrics read it;
-//! nothing here sees a wire type. What SIGHUP may change (limits, tenants, identities) sits in
-//! [`Live`] holders: a reader takes a snapshot and keeps it for its whole decision.
+//! The daemon's shared state: the models served (swappable at run time), the request limits,
+//! the tenant table, the identity table, the latest hardware health and the request-id source.
+//! Both request faces and the metrics read it; nothing here sees a wire type. What SIGHUP may
+//! change (limits, tenants, identities) sits in [`Live`] holders: a reader takes a snapshot and
+//! keeps it for its whole decision.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use appl_engine::EngineHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
+use crate::health::HealthState;
 use crate::identity::AuthTable;
 use crate::live::Live;
+use crate::registry::{ModelLease, Registry};
 use crate::request::RequestError;
 use crate::tenants::Tenants;
 
 /// What every request path shares.
 #[derive(Debug)]
 pub struct AppState {
-    pub engines: BTreeMap<String, EngineHandle>,
-    pub default_model: String,
+    /// The models served; a request leases its model here once.
+    pub models: Arc<Registry>,
     limits: Live<LimitsConfig>,
-    pub chat_templates: BTreeMap<String, String>,
     pub started: Instant,
     /// The tenant table and each tenant's live usage.
     tenants: Live<Tenants>,
@@ -31,6 +31,8 @@ pub struct AppState {
     auth: Live<AuthTable>,
     /// How TCP is secured and which certificates expire when, for status.
     pub transport: Live<TransportStatus>,
+    /// The latest hardware health sample.
+    pub health: Arc<HealthState>,
     /// Set once the daemon drains: new requests are refused.
     pub draining: AtomicBool,
     /// The tasks that drive streaming requests; the drain waits for them.
@@ -39,21 +41,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        engines: BTreeMap<String, EngineHandle>,
-        default_model: String,
-        limits: LimitsConfig,
-        chat_templates: BTreeMap<String, String>,
-    ) -> Self {
+    pub fn new(models: Arc<Registry>, limits: LimitsConfig) -> Self {
         Self {
-            engines,
-            default_model,
+            models,
             limits: Live::new(limits),
-            chat_templates,
             started: Instant::now(),
             tenants: Live::from_arc(Tenants::new(Vec::new(), Instant::now())),
             auth: Live::new(AuthTable::default()),
             transport: Live::new(TransportStatus::default()),
+            health: Arc::new(HealthState::default()),
             draining: AtomicBool::new(false),
             requests: TaskTracker::new(),
             ids: RequestIds::new(),
@@ -100,6 +96,12 @@ impl AppState {
         &self.ids
     }
 
+    /// Shares the health sampler's state.
+    pub fn with_health(mut self, health: Arc<HealthState>) -> Self {
+        self.health = health;
+        self
+    }
+
     /// Refuses new requests once the daemon drains.
     pub fn check_admitting(&self) -> Result<(), RequestError> {
         if self.draining.load(Ordering::Relaxed) {
@@ -108,25 +110,20 @@ impl AppState {
         Ok(())
     }
 
-    /// The engine serving `model`, or the default model's when `model` is empty.
-    pub fn engine(&self, model: &str) -> Result<&EngineHandle, RequestError> {
-        let id = if model.is_empty() {
-            self.default_model.as_str()
-        } else {
-            model
-        };
-        self.engines.get(id).ok_or_else(|| {
-            let known: Vec<&str> = self.engines.keys().map(String::as_str).collect();
-            RequestError::UnknownModel(format!(
-                "unknown model {id:?}; this daemon serves: {}",
-                known.join(", ")
-            ))
-        })
+    /// The model serving `model`, or the default model when `model` is empty, leased for the
+    /// request (see [`Registry::lease`]).
+    pub fn engine(&self, model: &str) -> Result<ModelLease, RequestError> {
+        self.models.lease(model)
     }
 
     /// A new request id (see [`RequestIds`]).
     pub fn request_id(&self) -> String {
         self.ids.next("")
+    }
+
+    /// A new id for an operator's action, `admin-...`.
+    pub fn admin_id(&self) -> String {
+        self.ids.next("admin-")
     }
 }
 

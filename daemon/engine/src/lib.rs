@@ -17,6 +17,7 @@
 pub mod admission;
 mod load;
 pub mod metrics;
+mod progress;
 mod text;
 mod thread;
 mod worker;
@@ -35,6 +36,7 @@ use thread::{EngineThread, Msg};
 
 pub use admission::{Priority, TenantId};
 pub use metrics::{Histogram, HistogramSnapshot};
+pub use progress::LoadProgress;
 pub use text::{Pushed, TextStreamer};
 
 /// Errors from loading a model or preparing a request.
@@ -42,6 +44,8 @@ pub use text::{Pushed, TextStreamer};
 pub enum EngineError {
     #[error("llama.cpp could not load {path} as a model; the file is not a complete, valid GGUF model (see the llama.cpp log lines before this one)")]
     ModelLoad { path: PathBuf },
+    #[error("loading {path} was stopped before it finished")]
+    LoadAborted { path: PathBuf },
     #[error("llama.cpp could not create a context for {path} with {n_ctx} tokens of KV cache; lower `slots` or `ctx_per_slot`")]
     Context { path: PathBuf, n_ctx: u32 },
     #[error("chat template: {0}")]
@@ -85,6 +89,8 @@ pub struct ModelSpec {
     pub queue_capacity: u32,
     /// How the queue orders, pauses and reuses work.
     pub queue: QueuePolicy,
+    /// Where loading reports its progress, and how it is told to give up.
+    pub load_progress: LoadProgress,
 }
 
 impl ModelSpec {
@@ -531,6 +537,20 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `usize`.
 pub fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The GPU backends this engine was built with (`cuda`, `rocm`, `vulkan`,
+/// `dynamic-backends`); empty for the CPU build. For diagnostics and `Admin.Status`.
+pub fn build_features() -> Vec<&'static str> {
+    [
+        ("cuda", cfg!(feature = "cuda")),
+        ("rocm", cfg!(feature = "rocm")),
+        ("vulkan", cfg!(feature = "vulkan")),
+        ("dynamic-backends", cfg!(feature = "dynamic-backends")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
 }
 
 /// Whether this build of llama.cpp can offload layers to a GPU (a CUDA, ROCm or Vulkan build).

@@ -16,9 +16,20 @@ pub(crate) fn load_model(
     backend: &LlamaBackend,
     spec: &ModelSpec,
 ) -> Result<LlamaModel, EngineError> {
-    let params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
-    LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|_| EngineError::ModelLoad {
-        path: spec.path.clone(),
+    let progress = spec.load_progress.clone();
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(spec.gpu_layers)
+        .with_progress_callback(move |p| progress.report(p));
+    LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|_| {
+        if spec.load_progress.is_aborted() {
+            EngineError::LoadAborted {
+                path: spec.path.clone(),
+            }
+        } else {
+            EngineError::ModelLoad {
+                path: spec.path.clone(),
+            }
+        }
     })
 }
 

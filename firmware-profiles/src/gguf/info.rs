@@ -102,6 +102,33 @@ impl GgufInfo {
             .sum()
     }
 
+    /// Where the tensor data ends: the data section's offset plus the furthest tensor's end.
+    /// A whole file is at least this long.
+    pub fn data_end(&self) -> u64 {
+        self.data_offset.saturating_add(
+            self.tensors
+                .iter()
+                .map(|t| t.offset.saturating_add(t.size_bytes))
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
+    /// Refuses a file of `len` bytes that is shorter than its tensor data: a copy or download
+    /// cut off after the header ([`GgufError::Truncated`]). The header reader alone cannot tell,
+    /// as it reads only the header.
+    pub fn check_complete(&self, len: u64) -> Result<(), GgufError> {
+        let end = self.data_end();
+        if len < end {
+            return Err(GgufError::Truncated {
+                offset: len,
+                needed: end - len,
+                len,
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of a tensor by exact name.
     pub fn tensor_bytes(&self, name: &str) -> Option<u64> {
         self.tensors

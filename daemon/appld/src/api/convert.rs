@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use appl_audit::{AuditError, Digest};
+use appl_audit::AuditError;
 use appl_engine::{
     ChatMessage, EngineHandle, FinishReason, HistogramSnapshot, Priority, TenantId, Usage,
 };
@@ -11,6 +11,7 @@ use appl_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
+use crate::registry::LoadedModel;
 use crate::request::{GenerateInput, Piece, PromptInput, RequestError, SamplingInput};
 use crate::state::AppState;
 use crate::tenants::Tenants;
@@ -202,9 +203,9 @@ pub fn tenants_to_pb(t: &Tenants) -> Vec<pb::TenantStatus> {
 }
 
 /// A loaded model as `ListModels` describes it.
-pub fn model_to_pb(state: &AppState, e: &EngineHandle, sha256: Option<Digest>) -> pb::ModelInfo {
-    let spec = e.spec();
-    let facts = e.facts();
+pub fn model_to_pb(state: &AppState, m: &LoadedModel) -> pb::ModelInfo {
+    let spec = m.engine.spec();
+    let facts = m.engine.facts();
     pb::ModelInfo {
         id: spec.id.clone(),
         path: spec.path.display().to_string(),
@@ -213,14 +214,10 @@ pub fn model_to_pb(state: &AppState, e: &EngineHandle, sha256: Option<Digest>) -
         n_ctx_train: facts.n_ctx_train,
         n_params: facts.n_params,
         size_bytes: facts.size_bytes,
-        chat_template: state
-            .chat_templates
-            .get(&spec.id)
-            .cloned()
-            .unwrap_or_default(),
+        chat_template: m.config.chat_template.clone(),
         max_tokens_cap: state.limits().max_tokens_cap,
-        is_default: spec.id == state.default_model,
-        sha256: sha256.map(|d| hex::encode(d.0)).unwrap_or_default(),
+        is_default: spec.id == state.models.default_model(),
+        sha256: hex::encode(m.sha256.0),
     }
 }
 

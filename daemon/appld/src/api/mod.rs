@@ -4,6 +4,7 @@
 //! `audit_rpc.rs` (the `appl.v1.Audit` service) it is the only part of the daemon that sees
 //! wire types.
 
+pub mod admin;
 pub mod convert;
 
 use std::pin::Pin;
@@ -17,22 +18,28 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditTicket, Auditor, RequestFacts};
 use crate::identity::Caller;
+use crate::lifecycle::ModelManager;
 use crate::request::{drive, validate, GenerateInput, Prepared, PromptInput, RequestError};
 use crate::state::AppState;
 use convert::{chunk_to_pb, engine_status_to_pb, finish_to_pb, model_to_pb, tenants_to_pb};
 
-/// Both services share one state, and the audit log.
+/// Both services share one state, the audit log, and the model manager.
 #[derive(Debug, Clone)]
 pub struct Api {
     state: Arc<AppState>,
     audit: Arc<Auditor>,
+    manager: Arc<ModelManager>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
 
 impl Api {
-    pub fn new(state: Arc<AppState>, audit: Arc<Auditor>) -> Self {
-        Self { state, audit }
+    pub fn new(state: Arc<AppState>, audit: Arc<Auditor>, manager: Arc<ModelManager>) -> Self {
+        Self {
+            state,
+            audit,
+            manager,
+        }
     }
 
     /// Who is calling (resolved at the edge); refused first while the daemon drains or the
@@ -56,6 +63,7 @@ impl Api {
             action,
             request_id: &p.request_id,
             model: p.model(),
+            model_sha256: Some(p.engine.sha256()),
             prompt_tokens: p.prompt.len(),
             prompt_hmac,
             received: p.received,
@@ -168,7 +176,7 @@ impl pb::inference_server::Inference for Api {
             None => return Err(RequestError::Invalid("set either prompt or chat".into()).into()),
         };
         let prompt_hmac = self.audit.input_hmac(&input);
-        let rendered = validate::render(engine, &input)?;
+        let rendered = validate::render(&engine, &input)?;
         validate::prompt_bytes(&self.state, "input", rendered.len())?;
         let token_ids = engine.tokenize(&rendered);
         let request_id = self.state.request_id();
@@ -176,6 +184,7 @@ impl pb::inference_server::Inference for Api {
             action: Action::InferenceTokenize,
             request_id: &request_id,
             model: &engine.spec().id,
+            model_sha256: Some(engine.sha256()),
             prompt_tokens: token_ids.len(),
             prompt_hmac,
             received,
@@ -198,9 +207,10 @@ impl pb::inference_server::Inference for Api {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let st = &self.state;
         let models = st
-            .engines
+            .models
+            .snapshot()
             .values()
-            .map(|e| model_to_pb(st, e, self.audit.model_sha256(&e.spec().id)))
+            .map(|m| model_to_pb(st, m))
             .collect();
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
@@ -216,10 +226,15 @@ impl pb::admin_server::Admin for Api {
         let st = &self.state;
         let tenants = st.tenants();
         let transport = st.transport.get();
-        let engines = st.engines.values().map(engine_status_to_pb).collect();
+        let engines = st
+            .models
+            .snapshot()
+            .values()
+            .map(|m| engine_status_to_pb(&m.engine))
+            .collect();
         let audit = self.audit.status();
         let (rejected_concurrency, rejected_rate) = tenants.rejections();
-        Ok(Response::new(pb::StatusResponse {
+        let mut resp = pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: st.started.elapsed().as_secs_f64(),
             engines,
@@ -239,6 +254,30 @@ impl pb::admin_server::Admin for Api {
             caller: caller.actor().to_string(),
             caller_tenant: caller.tenant().to_owned(),
             caller_roles: caller.roles().joined(),
-        }))
+            ..Default::default()
+        };
+        self.fill_status(&mut resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn load_model(
+        &self,
+        req: Request<pb::LoadModelRequest>,
+    ) -> Result<Response<pb::ModelOperation>, Status> {
+        self.load_model_rpc(req).await
+    }
+
+    async fn unload_model(
+        &self,
+        req: Request<pb::UnloadModelRequest>,
+    ) -> Result<Response<pb::ModelOperation>, Status> {
+        self.unload_model_rpc(req).await
+    }
+
+    async fn reload_models(
+        &self,
+        req: Request<pb::ReloadModelsRequest>,
+    ) -> Result<Response<pb::ReloadModelsResponse>, Status> {
+        self.reload_models_rpc(req).await
     }
 }

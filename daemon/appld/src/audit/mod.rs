@@ -3,11 +3,11 @@
 //!
 //! - At startup [`Auditor::open`] opens the store, closes out (as `ABORTED`, reason
 //!   `unclean_stop`) every request a previous run admitted but never completed if that run did
-//!   not stop cleanly, and writes `daemon.start`; the GGUF files are
-//!   hashed (SHA-256, streaming, on their own thread while the models load, with a cache keyed
-//!   by the file's identity and change time) and [`Auditor::models_loaded`] writes one
-//!   `model.load` record per model. At shutdown [`Auditor::stop`] writes `daemon.stop`, signs
-//!   a final checkpoint and closes the store.
+//!   not stop cleanly, and writes `daemon.start`; each GGUF file is hashed (SHA-256, streaming,
+//!   on its own thread while llama.cpp loads it, with a cache keyed by the file's identity and
+//!   change time) and every load, unload and failed load is recorded with the file's digest
+//!   (`models.rs`). At shutdown [`Auditor::stop`] writes `daemon.stop`, signs a final
+//!   checkpoint and closes the store.
 //! - Per request, [`Auditor::admit`] writes the `admitted` record and waits until it is durable
 //!   (fsynced) before the job may go to an engine; it returns an [`AuditTicket`], and the
 //!   request's final message or error goes to the client only after [`AuditTicket::finish`] or
@@ -20,15 +20,17 @@
 //! No prompt or completion text is recorded or logged: records carry ids, counts and an
 //! HMAC-SHA256 of the prompt under the appliance's key.
 //!
-//! Files: `ticket.rs` (a request's records), `digests.rs` (model file digests).
+//! Files: `ticket.rs` (a request's records), `digests.rs` (model file digests), `models.rs`
+//! (model loads and unloads, operators' model actions, GPU faults).
 
 mod digests;
+mod models;
 mod ticket;
 
-pub use digests::hash_models;
+pub use digests::{file_sha256, known_sha256, FileStamp};
+pub use models::{fault_action, unload_action, AdminTicket};
 pub use ticket::{AuditTicket, RequestFacts};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,7 +60,6 @@ const YEAR: Duration = Duration::from_secs(36525 * 864);
 pub struct Auditor {
     log: AuditLog,
     dir: PathBuf,
-    models: BTreeMap<String, Digest>,
     /// The newest acknowledged sequence number plus one (for status while the store is down).
     records: AtomicU64,
     /// Appends running in the background (requests dropped unfinished); waited for at stop.
@@ -69,7 +70,6 @@ impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auditor")
             .field("dir", &self.dir)
-            .field("models", &self.models.len())
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +112,6 @@ impl Auditor {
         let a = Auditor {
             log,
             dir,
-            models: BTreeMap::new(),
             records: AtomicU64::new(0),
             background: TaskTracker::new(),
         };
@@ -155,23 +154,6 @@ impl Auditor {
         Ok(true)
     }
 
-    /// Records `model.load` for every model, with the GGUF digests from [`hash_models`].
-    pub async fn models_loaded(
-        &mut self,
-        digests: BTreeMap<String, Digest>,
-    ) -> Result<(), AuditError> {
-        for (id, sha) in &digests {
-            let mut r = NewRecord::system(Action::ModelLoad);
-            r.model = Some(Ident::new(id.as_str())?);
-            r.model_sha256 = Some(*sha);
-            r.status = Some(0);
-            self.append(r).await?;
-            info!(target: "audit", model = %id, sha256 = %hex::encode(sha.0), "model load recorded");
-        }
-        self.models = digests;
-        Ok(())
-    }
-
     /// Appends a record in the background, from a context that cannot wait (a drop); the stop
     /// waits for it.
     pub fn append_in_background(self: &Arc<Self>, r: NewRecord) {
@@ -192,11 +174,6 @@ impl Auditor {
         let seq = self.log.append(r).await?;
         self.records.fetch_max(seq + 1, Ordering::Relaxed);
         Ok(seq)
-    }
-
-    /// The SHA-256 of a loaded model's GGUF file.
-    pub fn model_sha256(&self, id: &str) -> Option<Digest> {
-        self.models.get(id).copied()
     }
 
     /// The audit log itself (readers, checkpoints and the public key for `appl.v1.Audit`).
@@ -359,7 +336,6 @@ mod tests {
         let a = Auditor {
             log,
             dir: d.path().to_owned(),
-            models: BTreeMap::new(),
             records: AtomicU64::new(0),
             background: TaskTracker::new(),
         };

@@ -18,6 +18,8 @@ pub struct RequestFacts<'a> {
     pub action: Action,
     pub request_id: &'a str,
     pub model: &'a str,
+    /// SHA-256 of the model's GGUF file (the engine the request was leased).
+    pub model_sha256: Option<Digest>,
     pub prompt_tokens: usize,
     /// HMAC of the prompt under the appliance's key ([`Auditor::prompt_hmac`]).
     pub prompt_hmac: Digest,
@@ -44,7 +46,7 @@ impl Auditor {
         r.tenant = caller.tenant_ident();
         r.request_id = Some(Ident::new(f.request_id)?);
         r.model = Some(Ident::new(f.model)?);
-        r.model_sha256 = self.model_sha256(f.model);
+        r.model_sha256 = f.model_sha256;
         r.prompt_tokens = Some(len_u32(f.prompt_tokens));
         r.prompt_hmac = Some(f.prompt_hmac);
         Ok(r)

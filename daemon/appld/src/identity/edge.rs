@@ -428,10 +428,8 @@ mod tests {
         let audit = Arc::new(Auditor::open(&settings).await.expect("audit log"));
         let state = Arc::new(
             AppState::new(
-                Default::default(),
-                String::new(),
+                Arc::new(crate::registry::Registry::new("")),
                 crate::config::LimitsConfig::default(),
-                Default::default(),
             )
             .with_auth(crate::identity::AuthTable::new(
                 &crate::identity::config::AuthSettings::default(),

@@ -13,9 +13,10 @@ pub mod validate;
 use std::time::{Duration, Instant};
 
 use appl_audit::AuditError;
-use appl_engine::{ChatMessage, EngineHandle, Priority, Sampling, TenantId};
+use appl_engine::{ChatMessage, Priority, Sampling, TenantId};
 use tonic::Code;
 
+use crate::registry::ModelLease;
 use crate::tenants::Refusal;
 
 pub use drive::{Completion, Piece};
@@ -41,6 +42,18 @@ pub enum RequestError {
     /// The engine stopped before or during the request.
     #[error("{0}")]
     EngineStopped(String),
+    /// The model is loading, unloading or being replaced; a retry shortly may succeed.
+    #[error("{0}")]
+    ModelUnavailable(String),
+    /// A GPU that holds the model has a fault (uncorrectable ECC, a fatal XID); the message
+    /// names the GPU and the error. It lasts until the GPU is reset and the daemon restarted.
+    #[error("model {model} is out of service: GPU{gpu} ({gpu_name}) reported {fault}; reset the GPU and restart appld, or use another appliance")]
+    HardwareFault {
+        model: String,
+        gpu: u32,
+        gpu_name: String,
+        fault: String,
+    },
     /// The daemon is draining before it stops.
     #[error("the daemon is shutting down and takes no new requests; retry against another appliance or once it is back")]
     ShuttingDown,
@@ -81,7 +94,10 @@ impl RequestError {
             RequestError::UnknownModel(_) => Code::NotFound,
             RequestError::ChatTemplate(_) => Code::FailedPrecondition,
             RequestError::TenantLimit(_) | RequestError::QueueFull(_) => Code::ResourceExhausted,
-            RequestError::EngineStopped(_) | RequestError::ShuttingDown => Code::Unavailable,
+            RequestError::EngineStopped(_)
+            | RequestError::ShuttingDown
+            | RequestError::ModelUnavailable(_)
+            | RequestError::HardwareFault { .. } => Code::Unavailable,
             RequestError::Deadline(_) => Code::DeadlineExceeded,
             RequestError::Generation(_) | RequestError::Internal(_) => Code::Internal,
             RequestError::Audit(e) => audit_code(e),
@@ -92,7 +108,9 @@ impl RequestError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RequestError::TenantLimit(r) => Some(r.retry_after()),
-            RequestError::QueueFull(_) => Some(QUEUE_FULL_RETRY),
+            RequestError::QueueFull(_) | RequestError::ModelUnavailable(_) => {
+                Some(QUEUE_FULL_RETRY)
+            }
             _ => None,
         }
     }
@@ -179,7 +197,8 @@ pub struct GenerateInput {
 /// A validated generation request, ready for its admitted record and an engine.
 #[derive(Debug)]
 pub struct Prepared {
-    pub engine: EngineHandle,
+    /// The model's engine, leased: the model is not unloaded while the request holds it.
+    pub engine: ModelLease,
     pub prompt: Vec<i32>,
     pub sampling: Sampling,
     pub max_tokens: u32,

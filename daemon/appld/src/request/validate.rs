@@ -215,7 +215,7 @@ impl AppState {
     pub fn prepare(&self, input: GenerateInput, tenant: &str) -> Result<Prepared, RequestError> {
         let limits = self.limits();
         let (max_tokens, sampling) = check_input(&limits, &input)?;
-        let engine = self.engine(&input.model)?.clone();
+        let engine = self.engine(&input.model)?;
         let prompt_text = render(&engine, &input.prompt)?;
         let tenants = self.tenants();
         let tenant = tenants.resolve(tenant);
