@@ -230,7 +230,7 @@ async fn deny(audit: &Auditor, d: Denial, path: &str) -> Response {
             warn!(target: "audit", error = %e, "could not record a refused call");
         }
     }
-    refuse(d.error)
+    refuse(*d.error)
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {

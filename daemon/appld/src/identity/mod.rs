@@ -139,7 +139,8 @@ fn anonymous() -> Ident {
 /// the log, and whom to record.
 #[derive(Debug)]
 pub struct Denial {
-    pub error: RequestError,
+    /// Boxed: a refusal is the rare path, and it keeps every `Result` that may carry one small.
+    pub error: Box<RequestError>,
     pub reason: &'static str,
     pub actor: Ident,
     pub roles: Roles,
@@ -164,7 +165,7 @@ pub struct Presented<'a> {
 pub fn resolve(table: &AuthTable, p: &Presented<'_>) -> Result<Caller, Denial> {
     let peer = peer_ident(p);
     let deny = |error: RequestError, reason: &'static str, actor: Ident| Denial {
-        error,
+        error: Box::new(error),
         reason,
         actor,
         roles: Roles::NONE,
@@ -308,7 +309,7 @@ pub fn resolve(table: &AuthTable, p: &Presented<'_>) -> Result<Caller, Denial> {
     };
     if let Some(raw) = p.tenant {
         let named = parse_tenant(raw).map_err(|error| Denial {
-            error,
+            error: Box::new(error),
             reason: "tenant_header_invalid",
             actor: caller.actor.clone(),
             roles: caller.roles,
@@ -317,7 +318,7 @@ pub fn resolve(table: &AuthTable, p: &Presented<'_>) -> Result<Caller, Denial> {
         })?;
         if named.as_str() != caller.tenant {
             let refuse = |why: String, reason| Denial {
-                error: RequestError::PermissionDenied(why),
+                error: Box::new(RequestError::PermissionDenied(why)),
                 reason,
                 actor: caller.actor.clone(),
                 roles: caller.roles,
@@ -375,7 +376,7 @@ pub fn authorize(caller: &Caller, access: Access, path: &str) -> Result<(), Deni
         ),
     };
     Err(Denial {
-        error: RequestError::PermissionDenied(why),
+        error: Box::new(RequestError::PermissionDenied(why)),
         reason,
         actor: caller.actor.clone(),
         roles: caller.roles,

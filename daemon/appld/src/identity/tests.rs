@@ -47,8 +47,10 @@ fn table() -> AuthTable {
             enabled: false,
         },
     ];
-    let mut auth = AuthSettings::default();
-    auth.admin_group = "root".into();
+    let auth = AuthSettings {
+        admin_group: "root".into(),
+        ..Default::default()
+    };
     let mut t = AuthTable::new(&auth, &ids, &keys, &tenants);
     t.certs_required = true;
     t
