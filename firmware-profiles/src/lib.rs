@@ -7,6 +7,7 @@
 //! - [`gguf`]: a defensive GGUF metadata reader ([`gguf::GgufInfo`]).
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
+//! - [`cpu_variant`]: which llama.cpp CPU backend variant this CPU and kernel can run.
 //! - [`plan`]: the cost question behind `applctl plan`.
 //!
 //! # Using the sizing rules at model load
@@ -49,6 +50,7 @@
 //! device's runtime overhead and reserve from its profile.
 
 pub mod check;
+pub mod cpu_variant;
 pub mod gguf;
 pub mod inventory;
 pub mod plan;
