@@ -10,9 +10,11 @@
 pub mod api;
 pub mod audit;
 pub mod audit_rpc;
+pub mod backends;
 pub mod config;
 pub mod metrics;
 pub mod queue;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -46,6 +48,12 @@ pub enum StartupError {
     Sizing { model: String, reason: String },
     #[error("audit log: {0}")]
     Audit(#[from] appl_audit::AuditError),
+    /// No llama.cpp backend this machine can run (exit 69), or none could be loaded.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// `APPL_CPU_VARIANT` names a variant that cannot run here (exit 78).
+    #[error("llama.cpp backend: {0}")]
+    BackendForced(String),
     #[error("cannot listen on {what}: {source}")]
     Bind {
         what: String,
@@ -66,7 +74,8 @@ impl StartupError {
                 EngineError::ChatTemplate(_) => 78,
                 _ => 71,
             },
-            StartupError::Sizing { .. } => 69,
+            StartupError::Sizing { .. } | StartupError::Backend(_) => 69,
+            StartupError::BackendForced(_) => 78,
             StartupError::Bind { .. } => 71,
             StartupError::Audit(_) => 74,
         }
@@ -226,6 +235,17 @@ fn plan_model(
 
 /// Loads every configured model. Blocking: call it before the runtime serves traffic.
 pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
+    load_models_reporting(config, &|_| {})
+}
+
+/// [`load_models`], telling `progress` what it is doing (for systemd's `STATUS=`). First it
+/// chooses and loads llama.cpp's backends for this machine.
+pub fn load_models_reporting(
+    config: &Config,
+    progress: &dyn Fn(&str),
+) -> Result<Engines, StartupError> {
+    let choice = backends::load()?;
+    progress(&format!("llama.cpp CPU backend: {}", choice.cpu));
     let mut engines = BTreeMap::new();
     let cores = appl_engine::physical_cores();
     // The common mistakes (a wrong path, a file that is not GGUF) get their own message first.
@@ -236,7 +256,13 @@ pub fn load_models(config: &Config) -> Result<Engines, StartupError> {
         })?;
     }
     let inventory = sizing_inventory(config)?;
-    for m in &config.models {
+    for (i, m) in config.models.iter().enumerate() {
+        progress(&format!(
+            "loading model {} ({} of {})",
+            m.id,
+            i + 1,
+            config.models.len()
+        ));
         let n_batch = m.batch_tokens.max(m.slots);
         let gpu_layers = {
             let (est, placement) = plan_model(m, &inventory, n_batch)?;

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use appld::audit::Auditor;
 use appld::config::{Config, LogFormat};
+use appld::systemd::{self, Notifier};
 use appld::{Listeners, StartupError};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing::error;
 
 /// appl daemon: serves quantized GGUF models over gRPC.
@@ -28,6 +30,50 @@ struct Args {
     /// Log format; overrides `log.format` in the config.
     #[arg(long, env = "APPLD_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Print a man page or a shell completion script to stdout and exit (used by packaging).
+    #[arg(long, hide = true, value_enum, value_name = "WHAT")]
+    generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Prints the man page (section 8: a daemon) or a completion script generated from the flags.
+fn generate(what: Generate) -> ExitCode {
+    use clap_complete::Shell;
+    use std::io::Write;
+    let mut cmd = Args::command();
+    // Rendered into memory first: clap_complete panics on a write error such as a closed pipe.
+    let mut out = Vec::new();
+    let rendered = match what {
+        Generate::Man => clap_mangen::Man::new(cmd).section("8").render(&mut out),
+        Generate::CompleteBash | Generate::CompleteZsh | Generate::CompleteFish => {
+            let shell = match what {
+                Generate::CompleteZsh => Shell::Zsh,
+                Generate::CompleteFish => Shell::Fish,
+                _ => Shell::Bash,
+            };
+            clap_complete::generate(shell, &mut cmd, "appld", &mut out);
+            Ok(())
+        }
+    };
+    let written = rendered.and_then(|()| {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&out).and_then(|()| stdout.flush())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appld: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -44,6 +90,9 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return generate(what);
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -78,8 +127,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("appld-rt")
         .build()
         .context("starting the async runtime")?;
+    // systemd's notify protocol; every call is a no-op outside systemd.
+    let notifier = Arc::new(Notifier::from_env());
     runtime.block_on(async {
+        notifier.status("binding sockets");
         let listeners = Listeners::bind(&config).await?;
+        notifier.status("opening the audit log");
         // The audit log opens before any model loads; nothing is served unless it can write.
         let mut auditor = Auditor::open(&config.audit)
             .await
@@ -92,7 +145,9 @@ fn run(config: Config) -> anyhow::Result<()> {
                 .spawn(move || appld::audit::hash_models(&config))
                 .context("starting the model hashing thread")?
         };
-        let loaded = tokio::task::block_in_place(|| appld::load_models(&config));
+        let loaded = tokio::task::block_in_place(|| {
+            appld::load_models_reporting(&config, &|s| notifier.status(s))
+        });
         let digests = hashing
             .join()
             .map_err(|_| anyhow::anyhow!("the model hashing thread panicked"));
@@ -115,12 +170,34 @@ fn run(config: Config) -> anyhow::Result<()> {
             .models_loaded(digests)
             .await
             .map_err(StartupError::from)?;
-        appld::serve(&config, engines, auditor, listeners, shutdown_signal()).await
+        // Sockets bound, audit log open, every model loaded: ready.
+        notifier.ready(&format!("serving {} model(s)", config.models.len()));
+        // The health check is where the engine heartbeat belongs (every engine stepped or idled
+        // recently); until engines report one, the pings show that the runtime is alive.
+        let watchdog = systemd::spawn_watchdog(Arc::clone(&notifier), || true);
+        let served = appld::serve(
+            &config,
+            engines,
+            auditor,
+            listeners,
+            shutdown_signal(Arc::clone(&notifier)),
+        )
+        .await;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        served
     })
 }
 
+/// Resolves on SIGTERM or SIGINT, after telling systemd that the daemon is stopping.
+async fn shutdown_signal(notifier: Arc<Notifier>) {
+    wait_for_signal().await;
+    notifier.stopping("draining: finishing requests in flight");
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
