@@ -12,3 +12,4 @@ mod harness;
 mod queue;
 mod sizing;
 mod startup;
+mod systemd;
