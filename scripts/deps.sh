@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages appl needs to build and test, if any are missing.
 # Needs root (or sudo) only when something is missing. Rust itself (>= 1.88) must come from rustup.
+#
+# Usage: scripts/deps.sh [--packaging]
+#   --packaging  also what building and checking the packages needs: dpkg-dev (cargo-deb's
+#                dependency scan), lintian, rpm, and systemd (systemd-analyze, systemd-sysusers).
 set -euo pipefail
 
 # prometheus: for `promtool check rules` on the shipped alerting rules.
 PKGS=(build-essential cmake clang libclang-dev pkg-config python3 python3-pip python3-venv git prometheus)
+if [[ ${1:-} == --packaging ]]; then
+  PKGS+=(dpkg-dev lintian rpm systemd)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

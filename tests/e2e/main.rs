@@ -22,3 +22,4 @@ mod reflection;
 mod security;
 mod sizing;
 mod startup;
+mod systemd;

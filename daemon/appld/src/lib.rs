@@ -18,6 +18,7 @@
 pub mod api;
 pub mod audit;
 pub mod audit_rpc;
+pub mod backends;
 pub mod config;
 pub mod health;
 pub mod identity;
@@ -32,6 +33,7 @@ pub mod reload;
 pub mod request;
 pub mod serve;
 pub mod state;
+pub mod systemd;
 pub mod tenants;
 pub mod tls;
 pub mod transport;
@@ -74,6 +76,12 @@ pub enum StartupError {
     Probe(String),
     #[error("audit log: {0}")]
     Audit(#[from] appl_audit::AuditError),
+    /// No llama.cpp backend this machine can run (exit 69), or none could be loaded.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// `APPL_CPU_VARIANT` names a variant that cannot run here (exit 78).
+    #[error("llama.cpp backend: {0}")]
+    BackendForced(String),
     #[error("cannot listen on {what}: {source}")]
     Bind {
         what: String,
@@ -104,7 +112,8 @@ impl StartupError {
                 EngineError::ChatTemplate(_) => 78,
                 _ => 71,
             },
-            StartupError::Sizing { .. } => 69,
+            StartupError::Sizing { .. } | StartupError::Backend(_) => 69,
+            StartupError::BackendForced(_) => 78,
             StartupError::Probe(_) | StartupError::Bind { .. } | StartupError::Hashing(_) => 71,
             StartupError::Audit(_) => 74,
             StartupError::ModelRefused { source, .. } => match source {
@@ -126,27 +135,68 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(Registry::new(config.default_model().unwrap_or_default()));
-    run_with(config, listeners, shutdown, registry, None).await
+    let opts = RunOptions::new(&config);
+    run_with(config, listeners, shutdown, opts).await
 }
 
-/// [`run`] with a registry the caller made (`Registry::new(config.default_model())`) and may
-/// watch: [`Registry::status_line`] says what is being loaded, with its progress, at start and
-/// at run time (for systemd's `STATUS=`). Each message of `reload` (SIGHUP) reloads the config
-/// file.
+/// What the `appld` binary gives [`run_with`] beyond the config: the registry it may watch, the
+/// reload signal and systemd's notifier.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// The models served. [`Registry::status_line`] says what is being loaded, with its
+    /// progress, at start and at run time.
+    pub registry: Arc<Registry>,
+    /// Each message reloads the config file (SIGHUP).
+    pub reload: Option<ReloadSource>,
+    /// systemd's notify protocol: `STATUS=` while models load and change, `READY=1` once
+    /// serving, watchdog pings while every engine's loop goes round. A no-op outside systemd.
+    pub notifier: Arc<systemd::Notifier>,
+}
+
+impl RunOptions {
+    /// No reload source, no systemd, a fresh registry.
+    pub fn new(config: &Config) -> RunOptions {
+        RunOptions {
+            registry: Arc::new(Registry::new(config.default_model().unwrap_or_default())),
+            reload: None,
+            notifier: Arc::new(systemd::Notifier::default()),
+        }
+    }
+}
+
+/// [`run`] with the binary's [`RunOptions`].
 pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    // Bad TLS files are a configuration error: found before anything else starts.
+    check_tls(&config)?;
+    let RunOptions {
+        registry,
+        reload,
+        notifier,
+    } = opts;
+    let status = systemd::spawn_status(Arc::clone(&notifier), Arc::clone(&registry));
+    let ran = start_and_serve(config, listeners, shutdown, registry, reload, notifier).await;
+    status.abort();
+    ran
+}
+
+async fn start_and_serve(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     registry: Arc<Registry>,
     reload: Option<ReloadSource>,
+    notifier: Arc<systemd::Notifier>,
 ) -> anyhow::Result<()> {
-    // Bad TLS files are a configuration error: found before anything else starts.
-    check_tls(&config)?;
     let auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
     let loaded = tokio::task::block_in_place(|| -> Result<Hardware, Failed> {
+        backends::load()?;
         let hw = Hardware::detect(&config)?;
         load_models(&config, &hw, &registry).map_err(|(id, error)| LoadFailed { id, error })?;
         Ok(hw)
@@ -163,8 +213,16 @@ pub async fn run_with(
             match recorded {
                 Ok(()) => {
                     info!(models = registry.snapshot().len(), "models loaded");
-                    return serve(&config, registry, hw, auditor, listeners, shutdown, reload)
-                        .await;
+                    return serve(
+                        &config,
+                        registry,
+                        hw,
+                        auditor,
+                        listeners,
+                        shutdown,
+                        serve::Extras { reload, notifier },
+                    )
+                    .await;
                 }
                 Err(e) => {
                     tokio::task::block_in_place(|| registry.stop_all(models::ENGINE_STOP_TIMEOUT));

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use appld::config::{Config, LogFormat};
-use appld::{Listeners, StartupError};
-use clap::Parser;
+use appld::systemd::Notifier;
+use appld::{Listeners, RunOptions, StartupError};
+use clap::{CommandFactory, Parser};
 use tracing::error;
 
 /// appl daemon: serves quantized GGUF models over gRPC.
@@ -31,6 +32,50 @@ struct Args {
     /// Log format; overrides `log.format` in the config.
     #[arg(long, env = "APPLD_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Print a man page or a shell completion script to stdout and exit (used by packaging).
+    #[arg(long, hide = true, value_enum, value_name = "WHAT")]
+    generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Prints the man page (section 8: a daemon) or a completion script generated from the flags.
+fn generate(what: Generate) -> ExitCode {
+    use clap_complete::Shell;
+    use std::io::Write;
+    let mut cmd = Args::command();
+    // Rendered into memory first: clap_complete panics on a write error such as a closed pipe.
+    let mut out = Vec::new();
+    let rendered = match what {
+        Generate::Man => clap_mangen::Man::new(cmd).section("8").render(&mut out),
+        Generate::CompleteBash | Generate::CompleteZsh | Generate::CompleteFish => {
+            let shell = match what {
+                Generate::CompleteZsh => Shell::Zsh,
+                Generate::CompleteFish => Shell::Fish,
+                _ => Shell::Bash,
+            };
+            clap_complete::generate(shell, &mut cmd, "appld", &mut out);
+            Ok(())
+        }
+    };
+    let written = rendered.and_then(|()| {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&out).and_then(|()| stdout.flush())
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appld: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -47,6 +92,9 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return generate(what);
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -85,17 +133,23 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .thread_name("appld-rt")
         .build()
         .context("starting the async runtime")?;
+    // systemd's notify protocol; every call is a no-op outside systemd.
+    let notifier = Arc::new(Notifier::from_env());
     runtime.block_on(async {
         // Before anything slow: SIGHUP's default action would end the process.
         let reload = appld::ReloadSource {
             path,
             signals: reload_signals()?,
         };
+        notifier.status("binding sockets");
         let listeners = Listeners::bind(&config).await?;
-        let registry = Arc::new(appld::registry::Registry::new(
-            config.default_model().unwrap_or_default(),
-        ));
-        appld::run_with(config, listeners, shutdown_signal(), registry, Some(reload)).await
+        notifier.status("opening the audit log and loading models");
+        let opts = RunOptions {
+            reload: Some(reload),
+            notifier: Arc::clone(&notifier),
+            ..RunOptions::new(&config)
+        };
+        appld::run_with(config, listeners, shutdown_signal(notifier), opts).await
     })
 }
 
@@ -113,8 +167,14 @@ fn reload_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// Resolves on SIGTERM or SIGINT, after telling systemd that the daemon is stopping.
+async fn shutdown_signal(notifier: Arc<Notifier>) {
+    wait_for_signal().await;
+    notifier.stopping("draining: finishing requests in flight");
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

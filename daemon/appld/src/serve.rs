@@ -41,6 +41,7 @@ use crate::models::{Hardware, ENGINE_STOP_TIMEOUT};
 use crate::registry::{model_service, Registry};
 use crate::reload::{ReloadSource, Reloader};
 use crate::state::{AppState, TransportStatus};
+use crate::systemd::{self, Notifier};
 use crate::transport::{self, Incoming};
 use crate::{metrics, tenants};
 
@@ -53,8 +54,17 @@ const SAMPLER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Services whose health goes `NOT_SERVING` while the daemon drains.
 const DRAINED_SERVICES: [&str; 2] = ["", "appl.v1.Inference"];
 
+/// What serving takes beyond the parts every daemon has.
+#[derive(Debug)]
+pub struct Extras {
+    /// Each message reloads the config file.
+    pub reload: Option<ReloadSource>,
+    /// Told `READY=1` once every listener serves; pinged as systemd's watchdog while every
+    /// engine's loop goes round.
+    pub notifier: Arc<Notifier>,
+}
+
 /// Serves on the given listeners until `shutdown` resolves, then drains (see the module docs).
-/// Each message from `reload` reloads the config file.
 pub async fn serve(
     config: &Config,
     registry: Arc<Registry>,
@@ -62,8 +72,9 @@ pub async fn serve(
     auditor: Auditor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    reload: Option<ReloadSource>,
+    extras: Extras,
 ) -> anyhow::Result<()> {
+    let Extras { reload, notifier } = extras;
     let health = Arc::new(HealthState::default());
     let state = Arc::new(
         AppState::new(Arc::clone(&registry), config.limits.clone())
@@ -211,6 +222,15 @@ pub async fn serve(
         tcp_security = tcp_mode,
         "ready"
     );
+    // Sockets bound, audit log open, every model loaded, every listener serving.
+    notifier.ready(&serving_line(&registry));
+    let watchdog = {
+        let state = Arc::clone(&state);
+        let stale_after = notifier.watchdog_interval().unwrap_or_default();
+        systemd::spawn_watchdog(Arc::clone(&notifier), move || {
+            engines_alive(&state, stale_after)
+        })
+    };
 
     let drain = Duration::from_secs(config.server.drain_timeout_secs);
     let (drained_tx, mut drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -291,6 +311,9 @@ pub async fn serve(
             "requests still finishing after the engines stopped"
         );
     }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     // Every request has finished (or been recorded as cancelled): record the stop, sign a
     // final checkpoint and close the store.
     auditor.stop().await;
@@ -300,6 +323,26 @@ pub async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// `systemctl status`'s line while nothing is being loaded or changed.
+pub fn serving_line(registry: &Registry) -> String {
+    let n = registry.snapshot().len();
+    format!("serving {n} model{}", if n == 1 { "" } else { "s" })
+}
+
+/// The watchdog's health check: every engine's loop went round within `stale_after` (an idle
+/// engine wakes every second, a busy one at every step). While draining, engines are being
+/// stopped on purpose, and systemd no longer holds the daemon to its watchdog.
+fn engines_alive(state: &AppState, stale_after: Duration) -> bool {
+    if state.draining.load(Ordering::Relaxed) {
+        return true;
+    }
+    state
+        .models
+        .snapshot()
+        .values()
+        .all(|m| m.engine.heartbeat().elapsed() < stale_after)
 }
 
 /// Tells health checkers (and load balancers) that this daemon takes no new work, nor does

@@ -15,6 +15,7 @@
 //! Nothing here knows the wire format, and nothing here logs prompt or completion text.
 
 pub mod admission;
+pub mod backends;
 mod load;
 pub mod metrics;
 mod progress;
@@ -360,9 +361,16 @@ impl std::fmt::Debug for EngineHandle {
     }
 }
 
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// Whether llama.cpp has been initialised in this process.
+fn backend_started() -> bool {
+    BACKEND.get().is_some()
+}
+
 /// The process-wide llama.cpp backend. llama.cpp may be initialised once per process.
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    backends::ready_to_start()?;
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());

@@ -193,7 +193,7 @@ impl Api {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            cpu_variant: String::new(),
+            cpu_variant: crate::backends::chosen().unwrap_or_default().to_owned(),
         });
     }
 }
