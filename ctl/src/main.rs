@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bench;
 mod check;
 mod client;
 mod plan;
@@ -52,6 +53,8 @@ enum Cmd {
     Check(check::CheckArgs),
     /// Compare API spend with self-hosting for a planned volume.
     Plan(plan::PlanArgs),
+    /// Drive a server with concurrent streams; report throughput, latency and errors.
+    Bench(bench::BenchArgs),
     /// Export, verify and tail the audit log.
     Audit {
         #[command(subcommand)]
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status { json } => status(&cli.conn, json).await,
         Cmd::Check(args) => check::run(&args),
         Cmd::Plan(args) => plan::run(&args),
+        Cmd::Bench(args) => bench::run(&cli.conn, args).await,
         Cmd::Audit { cmd } => audit::run(&cli.conn, &cmd).await,
     }
 }

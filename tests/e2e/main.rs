@@ -7,6 +7,7 @@ mod audit;
 mod audit_rpc;
 mod bad_input;
 mod batching;
+mod bench;
 mod generate;
 mod harness;
 mod lifecycle;
