@@ -12,5 +12,6 @@ mod generate;
 mod harness;
 mod lifecycle;
 mod queue;
+mod sharing;
 mod sizing;
 mod startup;

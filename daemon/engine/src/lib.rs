@@ -15,8 +15,10 @@
 //! Nothing here knows the wire format, and nothing here logs prompt or completion text.
 
 pub mod admission;
+pub mod calibrate;
 mod load;
 pub mod metrics;
+pub mod sampler;
 mod text;
 mod thread;
 mod worker;
