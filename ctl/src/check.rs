@@ -73,6 +73,8 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub measure: crate::measure::MeasureArgs,
 }
 
 /// Runs `applctl check`.
@@ -126,11 +128,31 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         prompt_tokens: args.prompt_tokens,
     };
     let report = run_check(&inventory, &profiles, &request);
-    let text = if args.json {
+    let mut text = if args.json {
         report.to_json() + "\n"
     } else {
         report.render_table()
     };
+    if let (true, Some(model)) = (args.measure.measure, &args.model) {
+        let shape = crate::measure::Shape {
+            slots: args.slots,
+            ctx_per_slot: args.ctx,
+            batch_tokens: args.batch,
+        };
+        let cal = crate::measure::calibrate(model, shape, &args.measure)?;
+        let saved = crate::measure::save(&cal, &args.measure)?;
+        if args.json {
+            let mut v: serde_json::Value = serde_json::from_str(&text)?;
+            v["measured"] = serde_json::json!({
+                "calibration": cal,
+                "predictions": crate::measure::predictions(&cal)?,
+                "saved_to": saved,
+            });
+            text = serde_json::to_string_pretty(&v)? + "\n";
+        } else {
+            text += &crate::measure::render(&cal, saved.as_deref())?;
+        }
+    }
     write_stdout(&text)?;
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -9,6 +9,7 @@ mod audit;
 mod bench;
 mod check;
 mod client;
+mod measure;
 mod plan;
 
 use std::io::Write;

@@ -6,6 +6,7 @@
 //! - [`inventory`]: the probed machine as a serializable [`inventory::Inventory`].
 //! - [`gguf`]: a defensive GGUF metadata reader ([`gguf::GgufInfo`]).
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
+//! - [`calibration`]: decode speed from step times measured on the machine (`appld --measure`).
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
 //! - [`plan`]: the cost question behind `applctl plan`.
 //! - [`units`]: bytes as MiB and GiB, for people and for logs.
@@ -46,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calibration;
 pub mod check;
 pub mod gguf;
 pub mod inventory;

@@ -242,3 +242,72 @@ fn a_daemon_that_dies_mid_run_is_counted_as_broken_streams_then_unreachable() {
         broken as f64 + error_count(&r, "UNREACHABLE") as f64
     );
 }
+
+/// `applctl check --measure` times real decode steps and predicts decode speed; `applctl bench`
+/// shows the prediction beside what it measures. The bounds here are generous (a factor of 2)
+/// because tests share the machine with each other; the ±25% figure on a quiet machine is a
+/// recorded benchmark (bench/RESULTS.md, "Speed predictions").
+#[test]
+fn the_measured_prediction_is_shown_beside_the_measurement_and_roughly_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cal = dir.path().join("calibration.json");
+    let model = crate::harness::model_path();
+    let out = Command::new(applctl())
+        .args([
+            "check",
+            "--measure",
+            "--json",
+            "--slots",
+            "4",
+            "--ctx",
+            "512",
+        ])
+        .args(["--threads", "1", "--appld", crate::harness::APPLD])
+        .arg("--model")
+        .arg(&model)
+        .arg("--save-calibration")
+        .arg(&cal)
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .expect("run applctl check --measure");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let points = report["measured"]["calibration"]["points"]
+        .as_array()
+        .expect("points");
+    let batches: Vec<u64> = points.iter().filter_map(|p| p["batch"].as_u64()).collect();
+    assert_eq!(batches, [1, 2, 4], "{report:#}");
+    assert!(points.iter().all(|p| num(p, "step_ms") > 0.0));
+    assert!(cal.exists(), "the calibration was saved");
+
+    let d = Daemon::start();
+    for streams in ["1", "4"] {
+        let (code, r) = bench(&[
+            "--target",
+            &unix(&d),
+            "-c",
+            streams,
+            "-n",
+            streams,
+            "--prompt-tokens",
+            "32",
+            "--max-tokens",
+            "48",
+            "--calibration",
+            cal.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(code, 0, "{r:#}");
+        let ratio = num(&r, "prediction.measured_over_predicted");
+        assert!(
+            (0.5..=2.0).contains(&ratio),
+            "{streams} streams: measured {:.1} tok/s per stream against {:.1} predicted: {r:#}",
+            num(&r, "per_stream_decode_tok_s.mean"),
+            num(&r, "prediction.per_stream_tok_s")
+        );
+    }
+}

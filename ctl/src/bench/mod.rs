@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// Requests sent one at a time before the measured run, not counted.
     #[arg(long, default_value_t = 0)]
     pub warmup: u32,
+    /// A calibration from `applctl check --measure` whose decode-speed prediction is shown
+    /// beside the measurement [default: the one kept for the served model, if any].
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -279,6 +283,7 @@ pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result
         s.await.context("a benchmark stream panicked")?;
     }
     let wall = started.elapsed();
+    let model_file = model.as_ref().map(|m| m.1.clone());
     let _ = stop_tx.send(());
     let _ = drawer.await;
 
@@ -290,7 +295,7 @@ pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result
     );
     let setup = Setup {
         target: target.to_string(),
-        model: model.map_or_else(
+        model: model.clone().map_or_else(
             || {
                 if a.model.is_empty() {
                     "(default)".to_owned()
@@ -306,7 +311,8 @@ pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result
         shared_prefix_tokens: a.shared_prefix_tokens,
         priority: a.priority.map_or("default", PriorityArg::as_str).to_owned(),
     };
-    let summary = report::summarize(setup, &samples, wall);
+    let mut summary = report::summarize(setup, &samples, wall);
+    summary.prediction = prediction(&a, model_file.as_deref(), &summary)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -317,6 +323,40 @@ pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The calibration's prediction for this run, beside what was measured: from `--calibration`,
+/// or from the calibration `applctl check --measure` kept for the served model's file.
+fn prediction(
+    a: &BenchArgs,
+    model_file: Option<&str>,
+    summary: &report::Summary,
+) -> anyhow::Result<Option<report::Prediction>> {
+    let (path, explicit) = match (
+        &a.calibration,
+        model_file.and_then(crate::measure::default_path),
+    ) {
+        (Some(p), _) => (p.clone(), true),
+        (None, Some(p)) if p.exists() => (p, false),
+        _ => return Ok(None),
+    };
+    let cal = match crate::measure::load(&path) {
+        Ok(c) => c,
+        Err(e) if explicit => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    let p = cal.predict(a.concurrency)?;
+    let measured = summary.per_stream_decode_tok_s.mean;
+    Ok(Some(report::Prediction {
+        source: format!("{}, {} threads", path.display(), cal.threads),
+        per_stream_tok_s: p.per_stream_tok_s,
+        aggregate_tok_s: p.aggregate_tok_s,
+        measured_over_predicted: if p.per_stream_tok_s > 0.0 {
+            measured / p.per_stream_tok_s
+        } else {
+            0.0
+        },
+    }))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod audit_rpc;
 pub mod config;
 pub mod identity;
 pub mod listeners;
+pub mod measure;
 pub mod metrics;
 pub mod models;
 pub mod request;
