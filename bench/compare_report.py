@@ -182,6 +182,39 @@ def single_stream(res):
     return "\n".join(rows)
 
 
+def predictions_table(res):
+    rows = [
+        "| streams | predicted tok/s per stream | measured (mean) | measured ÷ predicted | within ±25% |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for c in concurrencies(res, "short"):
+        w = f"short-c{c}"
+        p = get(res, "appld", w, "prediction", "per_stream_tok_s")
+        m = get(res, "appld", w, "per_stream_decode_tok_s", "mean")
+        r = ratio(m, p)
+        ok = "—" if r is None else ("yes" if 0.75 <= r <= 1.25 else "**no**")
+        rows.append(f"| {c} | {fmt(p)} | {fmt(m)} | {fmt(r, 2)} | {ok} |")
+    return "\n".join(rows)
+
+
+def server_table(res):
+    workloads = [w for w in ["short-c8", "long-c1", "long-c8", "prefix-cold", "prefix-warm"]
+                 if any(w in res.get(s, {}) for s in res)]
+    head = ["workload"]
+    for s in present(res):
+        head += [f"{NAMES[s]} llama_decode calls / request", "prompt tokens evaluated / request"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for w in workloads:
+        cells = [w]
+        for s in present(res):
+            sent = get(res, s, w, "sent")
+            calls = get(res, s, w, "server", "decode_calls")
+            prompt = get(res, s, w, "server", "prompt_tokens")
+            cells += [fmt(ratio(calls, sent)), fmt(ratio(prompt, sent), 0)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def targets(res):
     b = baseline(res)
     out = []
@@ -327,6 +360,20 @@ A cold burst (the prefix in no cache), then a warm one (same prefix, new questio
 ### One stream against llama-bench
 
 {single_stream(res)}
+
+### Speed predictions
+
+`applctl check --measure` timed decode steps on this machine before the run; each appld run
+printed the prediction beside its measurement (short prompts, per-stream decode rate).
+
+{predictions_table(res)}
+
+### What the servers did
+
+From each server's own counters (appld's `Admin.Status`, llama-server's `/metrics`), per
+request. Warm-up requests are not counted.
+
+{server_table(res)}
 {END}"""
 
 

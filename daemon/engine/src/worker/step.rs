@@ -28,6 +28,12 @@ use crate::{Event, FinishReason};
 /// least this many rows take the tiled path.
 pub(super) const FA_TILE_ROWS: usize = 64;
 
+/// Whether a step with `decoding` decode rows and `prefill` prompt tokens goes to llama.cpp in
+/// two calls: only when both kinds are present and one call would reach a tiled micro-batch.
+fn two_calls(decoding: usize, prefill: usize) -> bool {
+    decoding > 0 && prefill > 0 && decoding + prefill >= FA_TILE_ROWS
+}
+
 /// What one step put into its batches.
 #[derive(Debug, Default, Clone, Copy)]
 struct Filled {
@@ -70,7 +76,7 @@ impl Engine<'_> {
             .map(|a| a.job.prompt.len() - a.prefilled)
             .sum::<usize>()
             .min(budget);
-        let split = decoding > 0 && prefill_wanted > 0 && decoding + prefill_wanted >= FA_TILE_ROWS;
+        let split = two_calls(decoding, prefill_wanted);
 
         self.batch.clear();
         let mut filled = self.add_decode_rows(interactive_first);
@@ -244,5 +250,28 @@ impl Engine<'_> {
     /// Tokens one step may carry.
     fn batch_budget(&self) -> usize {
         self.spec.batch_tokens() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decode_rows_go_apart_only_when_a_mixed_batch_would_be_tiled() {
+        // (decode rows, prompt tokens, two calls)
+        let cases = [
+            (0, 512, false),
+            (8, 0, false),
+            (7, 56, false),
+            (7, 57, true),
+            (1, 511, true),
+            (64, 1, true),
+        ];
+        for (decoding, prefill, want) in cases {
+            assert_eq!(
+                super::two_calls(decoding, prefill),
+                want,
+                "{decoding} + {prefill}"
+            );
+        }
     }
 }
