@@ -75,6 +75,8 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub measure: crate::measure::MeasureArgs,
 }
 
 /// Runs `applctl check`.
@@ -129,7 +131,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let report = run_check(&inventory, &profiles, &request);
     let backend = args.inventory.is_none().then(cpu_backend);
-    let text = match (&backend, args.json) {
+    let mut text = match (&backend, args.json) {
         (None, true) => report.to_json() + "\n",
         (None, false) => report.render_table(),
         (Some(b), true) => {
@@ -140,6 +142,26 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
         (Some(b), false) => report.render_table() + &b.render(),
     };
+    if let (true, Some(model)) = (args.measure.measure, &args.model) {
+        let shape = crate::measure::Shape {
+            slots: args.slots,
+            ctx_per_slot: args.ctx,
+            batch_tokens: args.batch,
+        };
+        let cal = crate::measure::calibrate(model, shape, &args.measure)?;
+        let saved = crate::measure::save(&cal, &args.measure)?;
+        if args.json {
+            let mut v: serde_json::Value = serde_json::from_str(&text)?;
+            v["measured"] = serde_json::json!({
+                "calibration": cal,
+                "predictions": crate::measure::predictions(&cal)?,
+                "saved_to": saved,
+            });
+            text = serde_json::to_string_pretty(&v)? + "\n";
+        } else {
+            text += &crate::measure::render(&cal, saved.as_deref())?;
+        }
+    }
     write_stdout(&text)?;
     let failed = backend.as_ref().is_some_and(|b| b.fails());
     Ok(ExitCode::from(if failed {

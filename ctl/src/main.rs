@@ -8,10 +8,12 @@
 
 mod audit;
 mod certs;
+mod bench;
 mod check;
 mod client;
 mod diagnose;
 mod import;
+mod measure;
 mod models_cmd;
 mod plan;
 mod plan_audit;
@@ -106,6 +108,8 @@ enum Cmd {
     /// logs, status and the audit log's verify report. Never a prompt, completion, audit
     /// record, key or private part of a certificate. Works with the daemon stopped.
     Diagnose(diagnose::DiagnoseArgs),
+    /// Drive a server with concurrent streams; report throughput, latency and errors.
+    Bench(bench::BenchArgs),
     /// Export, verify and tail the audit log.
     Audit {
         #[command(subcommand)]
@@ -206,6 +210,7 @@ async fn run(conn: &client::ConnArgs, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Check(args) => check::run(&args),
         Cmd::Plan(args) if args.audit.from_audit => plan_audit::run(conn, &args).await,
         Cmd::Plan(args) => plan::run(&args),
+        Cmd::Bench(args) => bench::run(conn, args).await,
         Cmd::Diagnose(args) => diagnose::run(conn, &args).await,
         Cmd::Audit { cmd } => audit::run(conn, &cmd).await,
         Cmd::Certs { cmd } => certs::run(&cmd),

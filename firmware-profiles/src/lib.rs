@@ -7,6 +7,7 @@
 //! - [`inventory`]: the probed machine as a serializable [`inventory::Inventory`].
 //! - [`gguf`]: a defensive GGUF metadata reader ([`gguf::GgufInfo`]).
 //! - [`sizing`]: memory estimate, placement across devices, decode speed.
+//! - [`calibration`]: decode speed from step times measured on the machine (`appld --measure`).
 //! - [`check`]: the rules behind `applctl check`, as a [`check::CheckReport`].
 //! - [`cpu_variant`]: which llama.cpp CPU backend variant this CPU and kernel can run.
 //! - [`plan`]: the cost question behind `applctl plan`.
@@ -50,6 +51,7 @@
 // SAFETY comment).
 #![deny(unsafe_code)]
 
+pub mod calibration;
 pub mod check;
 pub mod cpu_variant;
 pub mod gguf;

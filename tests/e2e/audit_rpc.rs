@@ -3,25 +3,13 @@
 //! public key (and fails once a byte is flipped), the live store verifies, and over TCP only
 //! an mTLS identity with the auditor role may use it (an auditor exports over mTLS).
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use appl_audit::keys::PUBLIC_KEY_FILE;
 use appl_proto::v1 as pb;
 use tonic::Code;
 
-use crate::harness::{greedy, Daemon};
-
-/// The `applctl` binary that `cargo test --workspace` builds beside `appld`.
-fn applctl() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/applctl");
-    assert!(
-        p.exists(),
-        "{} is missing; build the workspace first (cargo build --workspace --all-targets)",
-        p.display()
-    );
-    p
-}
+use crate::harness::{applctl, greedy, Daemon};
 
 /// Runs `applctl ARGS` (with the daemon's socket unless `--addr` or `--store` is given) and
 /// returns (exit code, stdout, stderr).

@@ -459,6 +459,17 @@ pub fn greedy(prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
     }
 }
 
+/// The `applctl` binary that `cargo test --workspace` builds beside `appld`.
+pub fn applctl() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/applctl");
+    assert!(
+        p.exists(),
+        "{} is missing; build the workspace first (cargo build --workspace --all-targets)",
+        p.display()
+    );
+    p
+}
+
 /// Runs appld with a config and returns its exit code and stderr.
 pub fn run_appld(args: &[&str]) -> (i32, String) {
     let out = Command::new(APPLD).args(args).output().expect("run appld");

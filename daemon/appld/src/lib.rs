@@ -25,6 +25,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod listeners;
 pub mod live;
+pub mod measure;
 pub mod metrics;
 pub mod models;
 pub mod ops_config;

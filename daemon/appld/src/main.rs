@@ -35,6 +35,27 @@ struct Args {
     /// Print a man page or a shell completion script to stdout and exit (used by packaging).
     #[arg(long, hide = true, value_enum, value_name = "WHAT")]
     generate: Option<Generate>,
+    #[command(flatten)]
+    measure: MeasureFlags,
+}
+
+/// `--measure MODEL --json`: time decode steps and print a calibration (what `applctl check
+/// --measure` runs); no config is read and nothing is served.
+#[derive(Debug, clap::Args)]
+struct MeasureFlags {
+    #[arg(long, hide = true, value_name = "MODEL")]
+    measure: Option<PathBuf>,
+    #[arg(long, hide = true, requires = "measure", default_value_t = 0)]
+    threads: u32,
+    #[arg(long, hide = true, requires = "measure", default_value_t = 8)]
+    slots: u32,
+    #[arg(long, hide = true, requires = "measure", default_value_t = 2048)]
+    ctx_per_slot: u32,
+    #[arg(long, hide = true, requires = "measure", default_value_t = 512)]
+    batch_tokens: u32,
+    /// The only output format of --measure; accepted for clarity.
+    #[arg(long, hide = true, requires = "measure")]
+    json: bool,
 }
 
 /// What `--generate` prints.
@@ -95,6 +116,9 @@ fn main() -> ExitCode {
     if let Some(what) = args.generate {
         return generate(what);
     }
+    if let Some(model) = &args.measure.measure {
+        return measure(model, &args.measure);
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -123,6 +147,37 @@ fn main() -> ExitCode {
             error!("{e:#}");
             eprintln!("appld: {e:#}");
             ExitCode::from(code)
+        }
+    }
+}
+
+fn measure(model: &std::path::Path, f: &MeasureFlags) -> ExitCode {
+    init_logging(LogFormat::Text, "error");
+    let args = appld::measure::MeasureArgs {
+        model: model.to_owned(),
+        threads: f.threads,
+        slots: f.slots,
+        ctx_per_slot: f.ctx_per_slot,
+        batch_tokens: f.batch_tokens,
+    };
+    match appld::measure::run(&args) {
+        Ok(c) => match serde_json::to_string_pretty(&c) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("appld: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            let e = StartupError::Model {
+                id: model.display().to_string(),
+                source: e,
+            };
+            eprintln!("appld: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

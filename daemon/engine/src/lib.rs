@@ -16,9 +16,11 @@
 
 pub mod admission;
 pub mod backends;
+pub mod calibrate;
 mod load;
 pub mod metrics;
 mod progress;
+pub mod sampler;
 mod text;
 mod thread;
 mod worker;

@@ -1,5 +1,5 @@
-//! Loading: the model, its chat template, the llama.cpp context parameters of a deployment,
-//! and the sampler chain of a request.
+//! Loading: the model, its chat template and the llama.cpp context parameters of a deployment.
+//! (A request's sampler is `sampler.rs`.)
 
 use std::num::NonZeroU32;
 
@@ -8,9 +8,8 @@ use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 
-use crate::{ChatTemplateSpec, EngineError, ModelSpec, Sampling};
+use crate::{ChatTemplateSpec, EngineError, ModelSpec};
 
 pub(crate) fn load_model(
     backend: &LlamaBackend,
@@ -94,31 +93,6 @@ pub(crate) fn context_params(d: &Deployment, threads: u32) -> LlamaContextParams
         })
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
-}
-
-pub(crate) fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
-    let mut chain = Vec::new();
-    if (s.repeat_penalty - 1.0).abs() > f32::EPSILON {
-        chain.push(LlamaSampler::penalties(
-            n_vocab,
-            s.repeat_last_n,
-            s.repeat_penalty,
-            0.0,
-            0.0,
-        ));
-    }
-    if s.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if s.top_k > 0 {
-            chain.push(LlamaSampler::top_k(s.top_k));
-        }
-        chain.push(LlamaSampler::top_p(s.top_p, 1));
-        chain.push(LlamaSampler::min_p(s.min_p, 1));
-        chain.push(LlamaSampler::temp(s.temperature));
-        chain.push(LlamaSampler::dist(s.seed));
-    }
-    LlamaSampler::chain_simple(chain)
 }
 
 #[cfg(test)]

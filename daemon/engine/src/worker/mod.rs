@@ -1,6 +1,7 @@
 //! The engine thread: its loop, and the scheduling of requests into slots (queue, pause and
 //! resume, prefix reuse, ends). One step of the batch is `step.rs`.
 
+mod prefix;
 mod step;
 
 use std::collections::VecDeque;
@@ -14,12 +15,12 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{self, Claim, Priority, Queue, Running};
-use crate::load::{build_sampler, context_params};
+use crate::load::context_params;
+use crate::sampler::Sampler;
 use crate::text::TextStreamer;
 use crate::thread::Msg;
 use crate::{
@@ -30,7 +31,7 @@ use crate::{
 struct Active {
     job: Job,
     claim: Claim,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// Tokens of this sequence in the KV cache (the next position).
@@ -51,6 +52,11 @@ struct Active {
     waited: Duration,
     preemptions: u32,
     cached_prompt: u32,
+    /// Unique per placed request, so that a follower can tell its leader from a later request
+    /// in the same slot.
+    serial: u64,
+    /// Waiting for another request to prefill a prompt prefix this one shares.
+    wait_for: Option<prefix::Leader>,
 }
 
 /// A batch sequence paused for interactive work: its KV state, swapped to host memory.
@@ -77,6 +83,8 @@ struct Engine<'m> {
     running: Vec<Running>,
     /// The base of the heartbeat.
     started: Instant,
+    /// The serial number of the next placed request.
+    next_serial: u64,
 }
 
 /// The engine thread's function: creates the context, reports readiness, serves until told to
@@ -117,6 +125,7 @@ pub(crate) fn run(
         gone: Vec::new(),
         running: Vec::with_capacity(n),
         started,
+        next_serial: 0,
     };
     info!(
         target: "engine",
@@ -465,8 +474,8 @@ impl Engine<'_> {
         let want =
             (job.prompt.len() + job.max_tokens as usize).min(self.spec.ctx_per_slot() as usize);
         history.reserve(want.saturating_sub(history.len()));
-        let mut sampler = build_sampler(&job.sampling, self.model.n_vocab());
-        sampler.accept_many(job.prompt.iter().map(|&t| LlamaToken(t)));
+        let mut sampler = Sampler::new(&job.sampling);
+        sampler.accept_prompt(&job.prompt);
         self.stats
             .tokens_prefix_reused
             .fetch_add(reused as u64, Ordering::Relaxed);
@@ -489,7 +498,13 @@ impl Engine<'_> {
             logits_at: None,
             preemptions: 0,
             cached_prompt: len_u32(reused),
+            serial: self.next_serial,
+            wait_for: None,
         });
+        self.next_serial += 1;
+        if reused == 0 {
+            self.share_prefix(i);
+        }
     }
 
     /// Ends requests whose client has gone or whose deadline has passed, in slots or paused.

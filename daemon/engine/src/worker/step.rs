@@ -1,5 +1,16 @@
-//! One engine step: a decode token for every generating slot, then prefill chunks up to the
-//! token budget, in one `llama_decode` call; then a sample for every slot that has logits.
+//! One engine step: which tokens go into `llama_decode`, in how many calls, and what happens to
+//! the logits that come back (sampling, streaming text, finishing requests).
+//!
+//! A step carries one decode token for every generating slot and prefill chunks up to the
+//! token budget. When both kinds are present and the batch is large, they go to llama.cpp in two
+//! calls, decode rows first. The reason is in ggml's CPU flash attention: a micro-batch of at
+//! least [`FA_TILE_ROWS`] rows is processed in tiles of that many query rows, and a tile reads
+//! the key/value cells of every sequence that has a row in it. In one unified KV cache, a tile
+//! that holds the decode rows of seven streams beside the first rows of an eighth stream's
+//! prompt attends over all eight streams' cells, for all of its rows. Measured on 8 streams with
+//! 1k-token prompts (bench/RESULTS.md, "Profile"), attention was a third of the engine's CPU
+//! time that way. Decode rows alone (fewer than a tile) take ggml's row-by-row path, which skips
+//! other sequences' cells cheaply, and a prompt chunk alone attends only over its own sequence.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -7,53 +18,115 @@ use std::time::Instant;
 use llama_cpp_2::token::LlamaToken;
 use tracing::warn;
 
+use super::prefix::prefilling;
 use super::{seq, Engine};
 use crate::admission::Priority;
 use crate::text::Pushed;
 use crate::{Event, FinishReason};
 
+/// Query rows per tile in ggml's CPU flash attention (`GGML_FA_TILE_Q`): micro-batches with at
+/// least this many rows take the tiled path.
+pub(super) const FA_TILE_ROWS: usize = 64;
+
+/// Whether a step with `decoding` decode rows and `prefill` prompt tokens goes to llama.cpp in
+/// two calls: only when both kinds are present and one call would reach a tiled micro-batch.
+fn two_calls(decoding: usize, prefill: usize) -> bool {
+    decoding > 0 && prefill > 0 && decoding + prefill >= FA_TILE_ROWS
+}
+
+/// What one step put into its batches.
+#[derive(Debug, Default, Clone, Copy)]
+struct Filled {
+    sequences: u32,
+    prefill_tokens: u64,
+}
+
 impl Engine<'_> {
-    /// One engine step: a decode token for every generating slot, then prefill chunks up to the
-    /// token budget, in one llama_decode call.
+    /// One engine step; see the module comment.
     pub(super) fn step(&mut self) {
-        self.batch.clear();
-        let budget = self.batch_budget();
-        let mut sequences = 0u32;
-        let mut prefilled = 0u64;
         self.in_batch.iter_mut().for_each(|b| *b = false);
+        self.resolve_followers();
         // While an interactive prompt is being prefilled, batch sequences sit the step out: the
         // step is then as short as on an idle engine, so the interactive request's first token
         // comes about as fast as when idle. Batch work loses one step per interactive arrival.
-        let interactive_first =
-            self.slots.iter().flatten().any(|a| {
-                a.claim.priority == Priority::Interactive && a.prefilled < a.job.prompt.len()
-            });
+        let interactive_first = self
+            .slots
+            .iter()
+            .flatten()
+            .any(|a| a.claim.priority == Priority::Interactive && prefilling(a));
+        for a in self.slots.iter_mut().flatten() {
+            a.logits_at = None;
+        }
+        let decoding = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|a| {
+                a.next.is_some() && !(interactive_first && a.claim.priority == Priority::Batch)
+            })
+            .count();
+        let budget = self.batch_budget().saturating_sub(decoding);
+        let prefill_wanted: usize = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|a| {
+                prefilling(a) && !(interactive_first && a.claim.priority == Priority::Batch)
+            })
+            .map(|a| a.job.prompt.len() - a.prefilled)
+            .sum::<usize>()
+            .min(budget);
+        let split = two_calls(decoding, prefill_wanted);
+
+        self.batch.clear();
+        let mut filled = self.add_decode_rows(interactive_first);
+        if split {
+            if !self.decode_and_sample(filled) {
+                return;
+            }
+            self.batch.clear();
+            filled = Filled::default();
+        }
+        let prefill = self.add_prefill_rows(interactive_first, budget);
+        filled.sequences += prefill.sequences;
+        filled.prefill_tokens += prefill.prefill_tokens;
+        self.decode_and_sample(filled);
+    }
+
+    /// Adds the pending token of every generating slot (one row each, with logits).
+    fn add_decode_rows(&mut self, interactive_first: bool) -> Filled {
+        let mut filled = Filled::default();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
-            a.logits_at = None;
             if interactive_first && a.claim.priority == Priority::Batch {
                 continue;
             }
-            if let Some(token) = a.next.take() {
-                a.logits_at = Some(self.batch.n_tokens());
-                // The batch holds at least one token per slot, so this cannot run out of space.
-                if self.batch.add(token, a.n_past, &[seq(i)], true).is_err() {
-                    a.next = Some(token);
-                    a.logits_at = None;
-                    continue;
-                }
-                a.n_past += 1;
-                a.history.push(token.0);
-                sequences += 1;
-                self.in_batch[i] = true;
-            }
-        }
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(a) = slot else { continue };
-            let remaining = a.job.prompt.len() - a.prefilled;
-            if remaining == 0 || a.logits_at.is_some() {
+            let Some(token) = a.next.take() else { continue };
+            a.logits_at = Some(self.batch.n_tokens());
+            // The batch holds at least one token per slot, so this cannot run out of space.
+            if self.batch.add(token, a.n_past, &[seq(i)], true).is_err() {
+                a.next = Some(token);
+                a.logits_at = None;
                 continue;
             }
+            a.n_past += 1;
+            a.history.push(token.0);
+            filled.sequences += 1;
+            self.in_batch[i] = true;
+        }
+        filled
+    }
+
+    /// Adds prompt chunks, slot by slot, until `budget` tokens are in the batch; only the last
+    /// prompt token of a slot asks for logits.
+    fn add_prefill_rows(&mut self, interactive_first: bool, budget: usize) -> Filled {
+        let mut filled = Filled::default();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(a) = slot else { continue };
+            if !prefilling(a) || a.logits_at.is_some() {
+                continue;
+            }
+            let remaining = a.job.prompt.len() - a.prefilled;
             if interactive_first && a.claim.priority == Priority::Batch {
                 continue;
             }
@@ -77,23 +150,29 @@ impl Engine<'_> {
             a.history
                 .extend_from_slice(&a.job.prompt[a.prefilled..a.prefilled + take]);
             a.prefilled += take;
-            prefilled += take as u64;
-            sequences += 1;
+            filled.prefill_tokens += take as u64;
+            filled.sequences += 1;
             self.in_batch[i] = true;
         }
-        if self.batch.n_tokens() == 0 {
-            return;
-        }
+        filled
+    }
 
+    /// Runs the batch through llama.cpp and samples every slot that asked for logits in it.
+    /// Returns false when llama_decode failed (the requests in the batch are finished with an
+    /// error).
+    fn decode_and_sample(&mut self, filled: Filled) -> bool {
+        if self.batch.n_tokens() == 0 {
+            return true;
+        }
         let stats = self.stats;
         stats.steps.fetch_add(1, Ordering::Relaxed);
         stats
             .max_batch_sequences
-            .fetch_max(sequences, Ordering::Relaxed);
-        stats.batch_sequences.observe(f64::from(sequences));
+            .fetch_max(filled.sequences, Ordering::Relaxed);
+        stats.batch_sequences.observe(f64::from(filled.sequences));
         stats
             .tokens_prefilled
-            .fetch_add(prefilled, Ordering::Relaxed);
+            .fetch_add(filled.prefill_tokens, Ordering::Relaxed);
 
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             warn!(target: "engine", model = %self.spec.id, error = %e, "llama_decode failed; failing the requests in this step");
@@ -106,63 +185,93 @@ impl Engine<'_> {
                     );
                 }
             }
+            return false;
+        }
+        for i in 0..self.slots.len() {
+            self.sample(i);
+        }
+        true
+    }
+
+    /// Samples slot `i`'s next token from the last batch, if it asked for logits there, and
+    /// streams it.
+    fn sample(&mut self, i: usize) {
+        let stats = self.stats;
+        let Some(a) = &mut self.slots[i] else {
+            return;
+        };
+        let Some(at) = a.logits_at.take() else {
+            return;
+        };
+        let token = a.sampler.sample(self.ctx.get_logits_ith(at));
+        let now = Instant::now();
+        match a.last_token {
+            None => stats.ttft.observe((now - a.job.received).as_secs_f64()),
+            Some(t) => stats.inter_token.observe((now - t).as_secs_f64()),
+        }
+        a.last_token = Some(now);
+        a.first_token.get_or_insert(now);
+        if self.model.vocab().is_eog(token) {
+            self.finish(i, FinishReason::Stop, None);
             return;
         }
-
-        for i in 0..self.slots.len() {
-            let Some(a) = &mut self.slots[i] else {
-                continue;
-            };
-            let Some(at) = a.logits_at.take() else {
-                continue;
-            };
-            let token = a.sampler.sample(&self.ctx, at);
-            let now = Instant::now();
-            match a.last_token {
-                None => stats.ttft.observe((now - a.job.received).as_secs_f64()),
-                Some(t) => stats.inter_token.observe((now - t).as_secs_f64()),
-            }
-            a.last_token = Some(now);
-            a.first_token.get_or_insert(now);
-            if self.model.vocab().is_eog(token) {
+        a.generated += 1;
+        stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        a.pending_ids.push(token.0);
+        let piece = self.model.vocab().token_to_piece(token, false, None);
+        match a.streamer.push(&piece) {
+            Pushed::Stopped(text) => {
+                let ids = std::mem::take(&mut a.pending_ids);
+                let _ = a.job.events.send(Event::Tokens {
+                    text,
+                    token_ids: ids,
+                });
                 self.finish(i, FinishReason::Stop, None);
-                continue;
+                return;
             }
-            a.generated += 1;
-            stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            a.pending_ids.push(token.0);
-            let piece = self.model.vocab().token_to_piece(token, false, None);
-            match a.streamer.push(&piece) {
-                Pushed::Stopped(text) => {
+            Pushed::Text(text) => {
+                if !text.is_empty() {
                     let ids = std::mem::take(&mut a.pending_ids);
                     let _ = a.job.events.send(Event::Tokens {
                         text,
                         token_ids: ids,
                     });
-                    self.finish(i, FinishReason::Stop, None);
-                    continue;
-                }
-                Pushed::Text(text) => {
-                    if !text.is_empty() {
-                        let ids = std::mem::take(&mut a.pending_ids);
-                        let _ = a.job.events.send(Event::Tokens {
-                            text,
-                            token_ids: ids,
-                        });
-                    }
                 }
             }
-            let ctx_full = a.n_past >= i32::try_from(self.spec.ctx_per_slot()).unwrap_or(i32::MAX);
-            if a.generated >= a.job.max_tokens || ctx_full {
-                self.finish(i, FinishReason::Length, None);
-            } else {
-                a.next = Some(token);
-            }
+        }
+        let ctx_full = a.n_past >= i32::try_from(self.spec.ctx_per_slot()).unwrap_or(i32::MAX);
+        if a.generated >= a.job.max_tokens || ctx_full {
+            self.finish(i, FinishReason::Length, None);
+        } else {
+            a.next = Some(token);
         }
     }
 
     /// Tokens one step may carry.
     fn batch_budget(&self) -> usize {
         self.spec.batch_tokens() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decode_rows_go_apart_only_when_a_mixed_batch_would_be_tiled() {
+        // (decode rows, prompt tokens, two calls)
+        let cases = [
+            (0, 512, false),
+            (8, 0, false),
+            (7, 56, false),
+            (7, 57, true),
+            (1, 511, true),
+            (64, 1, true),
+        ];
+        for (decoding, prefill, want) in cases {
+            assert_eq!(
+                super::two_calls(decoding, prefill),
+                want,
+                "{decoding} + {prefill}"
+            );
+        }
     }
 }
