@@ -10,7 +10,7 @@ use appl_proto::client::{connect_tls, connect_unix, Authed, TlsClient};
 use tonic::transport::Endpoint;
 
 /// Where the daemon is, and how to prove who we are.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
     /// The daemon's Unix socket.
     #[arg(

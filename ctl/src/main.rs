@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod audit;
-mod certs;
 mod bench;
+mod certs;
 mod check;
 mod client;
 mod diagnose;

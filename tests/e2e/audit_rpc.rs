@@ -3,6 +3,7 @@
 //! public key (and fails once a byte is flipped), the live store verifies, and over TCP only
 //! an mTLS identity with the auditor role may use it (an auditor exports over mTLS).
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use appl_audit::keys::PUBLIC_KEY_FILE;

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
+use appl_proto::client::Authed as Channel;
 use appl_proto::v1 as pb;
 use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use super::report::{Completed, Failure, Sample};
@@ -59,6 +59,12 @@ impl Grpc {
             conn,
             channel: None,
         }
+    }
+
+    /// Where and how it connects.
+    #[cfg(test)]
+    pub(super) fn conn(&self) -> &ConnArgs {
+        &self.conn
     }
 
     async fn channel(&mut self) -> Result<Channel, Failure> {

@@ -133,6 +133,8 @@ pub struct Request {
 /// What the streams share while the run goes.
 struct Run {
     target: Target,
+    /// The credentials (`--ca`, `--cert`, `--key`, `--api-key`) for gRPC targets.
+    conn: crate::client::ConnArgs,
     source: Source,
     template: Request,
     goal: Goal,
@@ -181,7 +183,7 @@ impl Run {
 const BACKOFF: Duration = Duration::from_millis(100);
 
 async fn stream(run: Arc<Run>) {
-    let mut client = match run.target.client() {
+    let mut client = match run.target.client(&run.conn) {
         Ok(c) => c,
         Err(_) => return,
     };
@@ -227,7 +229,7 @@ async fn source(a: &BenchArgs, client: &mut target::Client, seed: u64) -> anyhow
 
 pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result<ExitCode> {
     let target = a.target.clone().unwrap_or_else(|| Target::from_conn(conn));
-    let mut probe = target.client()?;
+    let mut probe = target.client(conn)?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -265,6 +267,7 @@ pub async fn run(conn: &crate::client::ConnArgs, a: BenchArgs) -> anyhow::Result
     let started = Instant::now();
     let run = Arc::new(Run {
         target: target.clone(),
+        conn: conn.clone(),
         source,
         template,
         goal,

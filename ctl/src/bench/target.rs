@@ -1,10 +1,8 @@
 //! Benchmark targets: which server a run drives and how to reach it.
 //!
 //! `unix:///path` and `grpc://host:port` reach appld's `GenerateStream`; `openai://host:port`
-//! reaches any OpenAI-compatible server's streaming `/v1/completions`. `grpcs://` is parsed so
-//! that scripts can name it, and is refused until client certificates exist (the identity
-//! issue): give [`Client`] a TLS-configured [`ConnArgs`] there and the gRPC driver serves it
-//! unchanged.
+//! reaches any OpenAI-compatible server's streaming `/v1/completions`. `grpcs://host:port` is
+//! appld over TLS, with applctl's `--ca`, `--cert`, `--key` (mTLS) and `--api-key`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -88,22 +86,23 @@ impl Target {
         }
     }
 
-    /// A client for one stream of the run.
-    pub fn client(&self) -> anyhow::Result<Client> {
+    /// A client for one stream of the run; gRPC targets use `conn`'s credentials.
+    pub fn client(&self, conn: &ConnArgs) -> anyhow::Result<Client> {
+        let at = |socket: PathBuf, addr: Option<String>| ConnArgs {
+            socket,
+            addr,
+            ..conn.clone()
+        };
         Ok(match self {
-            Target::Unix(p) => Client::Grpc(Grpc::new(ConnArgs {
-                socket: p.clone(),
-                addr: None,
-            })),
-            Target::Grpc(a) => Client::Grpc(Grpc::new(ConnArgs {
-                socket: PathBuf::new(),
-                addr: Some(format!("http://{a}")),
-            })),
-            // The extension point for mTLS: a ConnArgs that carries the client certificate.
-            Target::Grpcs(_) => anyhow::bail!(
-                "grpcs:// targets need client certificates, which applctl cannot present yet; \
-                 use grpc:// on a trusted network or unix:// on the appliance"
-            ),
+            Target::Unix(p) => Client::Grpc(Box::new(Grpc::new(at(p.clone(), None)))),
+            Target::Grpc(a) => Client::Grpc(Box::new(Grpc::new(at(
+                PathBuf::new(),
+                Some(format!("http://{a}")),
+            )))),
+            Target::Grpcs(a) => Client::Grpc(Box::new(Grpc::new(at(
+                PathBuf::new(),
+                Some(format!("grpcs://{a}")),
+            )))),
             Target::OpenAi(a) => Client::OpenAi(OpenAi::new(a.clone())),
         })
     }
@@ -111,7 +110,8 @@ impl Target {
 
 /// A connection to the target, for one stream at a time.
 pub enum Client {
-    Grpc(Grpc),
+    // Boxed: a gRPC client carries its connection settings; there is one client per stream.
+    Grpc(Box<Grpc>),
     OpenAi(OpenAi),
 }
 
@@ -192,11 +192,38 @@ mod tests {
     }
 
     #[test]
-    fn grpcs_is_refused_with_a_reason_until_client_certificates_exist() {
-        let t: Target = "grpcs://h:1".parse().expect("parses");
-        let Err(e) = t.client() else {
-            panic!("grpcs must be refused for now")
-        };
-        assert!(e.to_string().contains("client certificates"), "{e}");
+    fn grpc_targets_carry_the_global_credentials() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            conn: ConnArgs,
+        }
+        let cli = Cli::parse_from([
+            "applctl",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--api-key",
+            "s3cret",
+        ]);
+        for (target, addr) in [
+            ("grpcs://h:1", Some("grpcs://h:1")),
+            ("grpc://h:2", Some("http://h:2")),
+            ("unix:///run/appl/appld.sock", None),
+        ] {
+            let t: Target = target.parse().expect("parses");
+            let Ok(Client::Grpc(g)) = t.client(&cli.conn) else {
+                panic!("{target} is a gRPC target")
+            };
+            let c = g.conn();
+            assert_eq!(c.addr.as_deref(), addr, "{target}");
+            assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+            assert_eq!(c.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+            assert_eq!(c.api_key.as_deref(), Some("s3cret"));
+        }
     }
 }

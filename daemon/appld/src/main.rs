@@ -153,6 +153,11 @@ fn main() -> ExitCode {
 
 fn measure(model: &std::path::Path, f: &MeasureFlags) -> ExitCode {
     init_logging(LogFormat::Text, "error");
+    // A package build loads its llama.cpp backends first, as the daemon does.
+    if let Err(e) = appld::backends::load() {
+        eprintln!("appld: {e}");
+        return ExitCode::from(e.exit_code());
+    }
     let args = appld::measure::MeasureArgs {
         model: model.to_owned(),
         threads: f.threads,

@@ -72,6 +72,7 @@ pub fn run(a: &MeasureArgs) -> Result<Calibration, EngineError> {
         chat_template: ChatTemplateSpec::Embedded,
         queue_capacity: 1,
         queue: QueuePolicy::default(),
+        load_progress: Default::default(),
     };
     let load = load_avg();
     let run = CalibrationRun {

@@ -100,8 +100,9 @@ pub fn calibrate(spec: &ModelSpec, run: &CalibrationRun) -> Result<Vec<StepTimin
             .map(|(s, sm)| sm.sample(&ctx, (s + 1) as i32 * prompt.len() as i32 - 1))
             .collect();
         let mut times = Vec::new();
-        let mut pos = prompt.len() as i32;
-        for step in 0..run.steps + 2 {
+        let first = prompt.len() as i32;
+        // The first two steps warm up and are not timed.
+        for (step, pos) in (0..run.steps + 2).zip(first..) {
             let t0 = Instant::now();
             batch.clear();
             for (s, &t) in next.iter().enumerate() {
@@ -117,7 +118,6 @@ pub fn calibrate(spec: &ModelSpec, run: &CalibrationRun) -> Result<Vec<StepTimin
             if step >= 2 {
                 times.push(t0.elapsed());
             }
-            pos += 1;
         }
         out.push(StepTiming {
             batch: b,
