@@ -60,9 +60,23 @@ fn check_percentiles(v: &Value, what: &str) {
 #[test]
 fn a_short_run_reports_throughput_and_ordered_percentiles_over_both_transports() {
     let d = Daemon::start();
-    let tcp = format!("grpc://{}", d.tcp);
-    for target in [unix(&d), tcp] {
-        let (code, r) = bench(&[
+    // TCP is mTLS: the bench presents an inference identity's certificate.
+    let certs = d.state_dir().join("bench-certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let ca = certs.join("ca.crt");
+    std::fs::write(&ca, &d.ca.as_ref().expect("tls").pem).expect("write ca");
+    let (cert, key) = d.client_cert("e2e-inference").write(&certs, "inference");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let tls: Vec<String> = vec![
+        "--ca".into(),
+        path(&ca),
+        "--cert".into(),
+        path(&cert),
+        "--key".into(),
+        path(&key),
+    ];
+    for (target, creds) in [(unix(&d), vec![]), (format!("grpcs://{}", d.tcp), tls)] {
+        let mut args = vec![
             "--target",
             &target,
             "--concurrency",
@@ -73,7 +87,9 @@ fn a_short_run_reports_throughput_and_ordered_percentiles_over_both_transports()
             "40",
             "--max-tokens",
             "8",
-        ]);
+        ];
+        args.extend(creds.iter().map(String::as_str));
+        let (code, r) = bench(&args);
         assert_eq!(code, 0, "{target}: {r:#}");
         assert_eq!(
             (num(&r, "sent"), num(&r, "ok"), num(&r, "failed")),
