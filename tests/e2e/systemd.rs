@@ -11,6 +11,18 @@ use std::time::Duration;
 
 use crate::harness::{config_text, Opts, APPLD};
 
+/// Kills the daemon if the test fails before it stops it.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
     let n = sock
@@ -29,17 +41,19 @@ fn reports_progress_then_ready_when_serving_then_stopping() {
     // Loading the model is the slow part; a busy CI machine gets two minutes.
     sock.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
-    let mut child = Command::new(APPLD)
-        .arg("--config")
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify)
-        // Pings every 2 s while every engine's loop went round within 4 s.
-        .env("WATCHDOG_USEC", "4000000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn appld");
+    let mut child = Reap(
+        Command::new(APPLD)
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            // Pings every 2 s while every engine's loop went round within 4 s.
+            .env("WATCHDOG_USEC", "4000000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn appld"),
+    );
 
     let mut before_ready = Vec::new();
     let ready = loop {
@@ -91,7 +105,7 @@ fn reports_progress_then_ready_when_serving_then_stopping() {
         assert!(seen.len() < 20, "no watchdog ping: {seen:?}");
     }
 
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -108,5 +122,5 @@ fn reports_progress_then_ready_when_serving_then_stopping() {
         "STOPPING=1\nSTATUS=draining: finishing requests in flight"
     );
     // The exit code after a drain is the stop tests' business (tests/e2e/startup.rs).
-    let _ = child.wait();
+    let _ = child.0.wait();
 }

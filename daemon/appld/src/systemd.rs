@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -21,6 +21,10 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     /// `READY=1` was sent.
     ready: AtomicBool,
+    /// `STOPPING=1` was sent: the drain's line stands from then on.
+    stopping: AtomicBool,
+    /// The last `STATUS=` line sent, so that the same line is not sent twice.
+    status: Mutex<String>,
 }
 
 /// The environment variables the protocol reads.
@@ -79,6 +83,8 @@ impl Notifier {
             target,
             watchdog,
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            status: Mutex::new(String::new()),
         }
     }
 
@@ -95,17 +101,29 @@ impl Notifier {
     /// `READY=1`, with a status line.
     pub fn ready(&self, status: &str) {
         self.ready.store(true, Ordering::Relaxed);
-        self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
+        self.send(&format!("READY=1\nSTATUS={}", self.remember(status)));
     }
 
-    /// `STATUS=`: a line `systemctl status` shows.
+    /// `STATUS=`: a line `systemctl status` shows. Not sent again when it is already shown.
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={}", one_line(status)));
+        let line = one_line(status);
+        if *self.status.lock().unwrap_or_else(PoisonError::into_inner) == line {
+            return;
+        }
+        self.send(&format!("STATUS={}", self.remember(status)));
     }
 
     /// `STOPPING=1`, with a status line.
     pub fn stopping(&self, status: &str) {
-        self.send(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
+        self.stopping.store(true, Ordering::Relaxed);
+        self.send(&format!("STOPPING=1\nSTATUS={}", self.remember(status)));
+    }
+
+    /// Records `status` as the line systemd shows, and returns it as one line.
+    fn remember(&self, status: &str) -> String {
+        let line = one_line(status);
+        line.clone_into(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        line
     }
 
     /// `WATCHDOG=1`: the daemon is alive.
@@ -180,9 +198,11 @@ pub fn spawn_status(
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = String::new();
         loop {
             tick.tick().await;
+            if notifier.stopping.load(Ordering::Relaxed) {
+                return;
+            }
             let line = match registry.status_line() {
                 Some(activity) => activity,
                 None if notifier.ready.load(Ordering::Relaxed) => {
@@ -191,10 +211,7 @@ pub fn spawn_status(
                 // Before the first model load starts: the binary's own line stands.
                 None => continue,
             };
-            if line != last {
-                notifier.status(&line);
-                last = line;
-            }
+            notifier.status(&line);
         }
     })
 }
@@ -233,6 +250,26 @@ mod tests {
         assert_eq!(recv(&sock), "STATUS=loading model a (1/2)");
         assert_eq!(recv(&sock), "READY=1\nSTATUS=serving 2 models second line");
         assert_eq!(recv(&sock), "STOPPING=1\nSTATUS=draining");
+        assert_eq!(recv(&sock), "WATCHDOG=1");
+    }
+
+    #[test]
+    fn a_status_line_already_shown_is_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let n = Notifier::new(&env(path.to_str().unwrap()), 1);
+        n.status("loading a");
+        n.status("loading a");
+        n.ready("serving 1 model");
+        n.status("serving 1 model");
+        n.status("loading b");
+        n.watchdog_ping();
+        assert_eq!(recv(&sock), "STATUS=loading a");
+        assert_eq!(recv(&sock), "READY=1\nSTATUS=serving 1 model");
+        assert_eq!(recv(&sock), "STATUS=loading b");
         assert_eq!(recv(&sock), "WATCHDOG=1");
     }
 
