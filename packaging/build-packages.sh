@@ -71,7 +71,8 @@ PY
 stage=target/packaging/stage
 rm -rf "$stage"
 mkdir -p "$stage"/{usr/bin,usr/lib/appl,etc/appl,usr/lib/systemd/system,usr/lib/sysusers.d} \
-  "$stage"/{usr/lib/tmpfiles.d,usr/share/appl/firmware-profiles,usr/share/man/man1,usr/share/man/man8} \
+  "$stage"/{usr/lib/tmpfiles.d,usr/share/appl/firmware-profiles,usr/share/appl/monitoring} \
+  "$stage"/{usr/share/man/man1,usr/share/man/man8} \
   "$stage"/{usr/share/bash-completion/completions,usr/share/zsh/vendor-completions} \
   "$stage"/usr/share/fish/vendor_completions.d
 
@@ -94,6 +95,9 @@ install -m 0644 packaging/appld.service "$stage/usr/lib/systemd/system/appld.ser
 install -m 0644 packaging/appl.sysusers "$stage/usr/lib/sysusers.d/appl.conf"
 install -m 0644 packaging/appl.tmpfiles "$stage/usr/lib/tmpfiles.d/appl.conf"
 install -m 0644 firmware-profiles/profiles/*.toml "$stage/usr/share/appl/firmware-profiles/"
+# Prometheus alerting rules and the Grafana dashboard, for the site's monitoring.
+install -m 0644 packaging/monitoring/appl-alerts.yml packaging/monitoring/appl-dashboard.json \
+  "$stage/usr/share/appl/monitoring/"
 
 # Man pages and completions come from the binaries' own clap definitions.
 gen() { "$stage/usr/bin/$1" --generate "$2"; }

@@ -48,6 +48,15 @@ pub struct FromAuditArgs {
     /// This box's measured capacity, generated tokens per second with every slot busy.
     #[arg(long, value_name = "TOK/S", requires = "from_audit")]
     pub capacity: Option<f64>,
+    /// A calibration saved by `applctl check --measure` (decode steps timed on this box): the
+    /// capacity is its predicted aggregate with every slot busy.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "from_audit",
+        conflicts_with = "capacity"
+    )]
+    pub calibration: Option<PathBuf>,
     /// The GGUF model whose sizing estimate gives the capacity; default: the daemon's
     /// default model.
     #[arg(long, value_name = "FILE", requires = "from_audit")]
@@ -98,14 +107,32 @@ pub fn estimated_capacity(
     })
 }
 
-/// A measured capacity, when there is one. Today only `--capacity` gives it; the performance
-/// issue's calibration (a measured tokens/s per model and box, kept by firmware-profiles) is
-/// meant to plug in here, ahead of the sizing estimate.
-fn measured_capacity(a: &FromAuditArgs) -> Option<Capacity> {
-    a.capacity.map(|t| Capacity {
-        tokens_per_second: t,
-        source: "measured (--capacity)".to_owned(),
-    })
+/// A measured capacity, when there is one: `--capacity`, or the aggregate a calibration
+/// (`applctl check --measure`) predicts with every slot busy. Either comes ahead of the sizing
+/// estimate.
+fn measured_capacity(a: &FromAuditArgs) -> anyhow::Result<Option<Capacity>> {
+    if let Some(t) = a.capacity {
+        return Ok(Some(Capacity {
+            tokens_per_second: t,
+            source: "measured (--capacity)".to_owned(),
+        }));
+    }
+    let Some(path) = &a.calibration else {
+        return Ok(None);
+    };
+    let cal = crate::measure::load(path)?;
+    let p = cal
+        .predict(cal.slots)
+        .with_context(|| format!("{} gives no prediction", path.display()))?;
+    Ok(Some(Capacity {
+        tokens_per_second: p.aggregate_tok_s,
+        source: format!(
+            "calibrated ({}: {} slots, {} threads)",
+            path.display(),
+            cal.slots,
+            cal.threads
+        ),
+    }))
 }
 
 /// Feeds an export stream's bytes to `Traffic`, line by line.
@@ -200,7 +227,7 @@ pub async fn run(conn: &ConnArgs, args: &PlanArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let capacity = match measured_capacity(a) {
+    let capacity = match measured_capacity(a)? {
         Some(c) => Some(c),
         None => {
             let from_daemon = if a.capacity_model.is_none() && a.store.is_none() {
@@ -360,4 +387,61 @@ pub fn render(r: &TrafficReport) -> String {
         out.push_str(&c.render_table());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appl_firmware_profiles::calibration::{Calibration, CalibrationPoint};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: FromAuditArgs,
+    }
+
+    fn args(extra: &[&str]) -> FromAuditArgs {
+        let mut argv = vec!["applctl", "--from-audit"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).a
+    }
+
+    #[test]
+    fn the_capacity_comes_from_the_flag_or_the_calibration_ahead_of_the_estimate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cal.json");
+        // 25 ms for one stream, 80 ms for 8: 100 tok/s with the 8 slots busy.
+        let cal = Calibration {
+            model: "m.gguf".into(),
+            model_bytes: 1,
+            threads: 2,
+            slots: 8,
+            ctx_per_slot: 2048,
+            context: 48,
+            cpu: "cpu".into(),
+            load_avg_1m: None,
+            points: [(1, 25.0), (8, 80.0)]
+                .map(|(batch, step_ms)| CalibrationPoint { batch, step_ms })
+                .to_vec(),
+        };
+        std::fs::write(&path, serde_json::to_string(&cal).unwrap()).unwrap();
+
+        let c = measured_capacity(&args(&["--calibration", path.to_str().unwrap()]))
+            .unwrap()
+            .expect("a calibrated capacity");
+        assert!((c.tokens_per_second - 100.0).abs() < 1e-9, "{c:?}");
+        assert!(c.source.starts_with("calibrated ("), "{}", c.source);
+
+        let c = measured_capacity(&args(&["--capacity", "42"]))
+            .unwrap()
+            .expect("the flag");
+        assert_eq!(c.tokens_per_second, 42.0);
+        assert!(measured_capacity(&args(&[])).unwrap().is_none());
+
+        std::fs::write(&path, "not json").unwrap();
+        let e = measured_capacity(&args(&["--calibration", path.to_str().unwrap()]))
+            .expect_err("a file that is not a calibration");
+        assert!(format!("{e:#}").contains("is not a calibration"), "{e:#}");
+    }
 }

@@ -22,6 +22,7 @@ required=(
   /usr/lib/appl/libggml-cpu-skylakex.so /usr/lib/appl/libggml-cpu-icelake.so
   /usr/lib/appl/libggml-cpu-sapphirerapids.so
   /usr/share/appl/firmware-profiles/h100-sxm.toml
+  /usr/share/appl/monitoring/appl-alerts.yml /usr/share/appl/monitoring/appl-dashboard.json
   /usr/share/man/man8/appld.8.gz /usr/share/man/man1/applctl.1.gz
   /usr/share/bash-completion/completions/applctl
   /usr/share/fish/vendor_completions.d/applctl.fish
