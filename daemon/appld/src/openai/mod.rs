@@ -223,7 +223,10 @@ fn sse(
         let frames: Vec<Bytes> = match item {
             Ok(Piece::Tokens { text, .. }) if text.is_empty() => Vec::new(),
             Ok(Piece::Tokens { text, .. }) => vec![event(&head.chunk(Some(&text), false, None))],
-            Ok(Piece::Done { reason, .. }) if reason == FinishReason::Cancelled => {
+            Ok(Piece::Done {
+                reason: FinishReason::Cancelled,
+                ..
+            }) => {
                 vec![event(&error::body_of(&cancelled()))]
             }
             Ok(Piece::Done { reason, usage }) => {

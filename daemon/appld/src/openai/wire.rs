@@ -232,12 +232,14 @@ fn content(i: usize, v: Option<&Value>) -> Result<String, RequestError> {
             for (j, p) in parts.iter().enumerate() {
                 match (p.get("type").and_then(Value::as_str), p.get("text")) {
                     (Some("text"), Some(Value::String(t))) => out.push_str(t),
-                    _ => return Err(bad(
-                        "messages",
-                        format!(
+                    _ => {
+                        return Err(bad(
+                            "messages",
+                            format!(
                             "messages[{i}].content[{j}] is not a text part; only text is supported"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(out)
