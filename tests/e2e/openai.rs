@@ -194,7 +194,7 @@ async fn the_openai_sdk_chats_and_completes_like_grpc() {
         .expect("gRPC chat")
         .into_inner();
     for (http, grpc) in [(completion, &g), (chat_r, &gc)] {
-        let u = grpc.usage.clone().expect("usage");
+        let u = grpc.usage.expect("usage");
         assert_eq!(http["text"], grpc.text.as_str());
         assert_eq!(http["usage"]["prompt_tokens"], u.prompt_tokens);
         assert_eq!(http["usage"]["completion_tokens"], u.completion_tokens);
@@ -253,6 +253,16 @@ async fn audit_tail(d: &Daemon) -> Vec<Value> {
         .collect()
 }
 
+/// What is refused, at which path, with which key and body; the status and `param` expected.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    Option<&'a str>,
+);
+
 /// Every refusal has its status and OpenAI's error shape, `param` naming the field where one is
 /// at fault, and `Retry-After` on a 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +271,7 @@ async fn every_refusal_has_its_status_and_openai_shape() {
     let chat = "/v1/chat/completions";
     let cmpl = "/v1/completions";
     let k = Some(KEY);
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "temperature -1",
             cmpl,
