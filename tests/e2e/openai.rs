@@ -29,6 +29,7 @@ fn http_config() -> String {
         r#"
 [openai]
 listen = "127.0.0.1:0"
+metrics = true
 
 [[tenants]]
 name = "ward"
@@ -477,6 +478,11 @@ async fn every_refusal_has_its_status_and_openai_shape() {
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
     drop(held);
 
+    // Metrics ride this listener too (openai.metrics), open like health.
+    let m = send(&d, "GET", "/metrics", None, b"").await;
+    assert_eq!(m.status, 200, "{}", m.text());
+    assert!(m.text().contains("appl_busy_slots"), "{}", m.text());
+
     // Health is open to anyone; the model list needs the inference role.
     let h = send(&d, "GET", "/health", None, b"").await;
     assert_eq!(
@@ -579,4 +585,66 @@ async fn a_dropped_http_stream_frees_its_slot_and_drain_lets_streams_finish() {
     let all = finisher.await.expect("reader");
     assert!(all.contains("data: [DONE]"), "the stream finished: {all}");
     assert_eq!(d.terminate(), Some(0));
+}
+
+/// LiteLLM (PyPI `litellm`, `APPL_LITELLM_PYTHON`) routes a chat completion to appl as an
+/// OpenAI-compatible backend with an API key; the answer equals the SDK's and gRPC's greedy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn litellm_routes_a_completion_to_appl() {
+    let Ok(python) = std::env::var("APPL_LITELLM_PYTHON") else {
+        eprintln!("APPL_LITELLM_PYTHON is not set: LiteLLM was not run (scripts/test.sh sets it)");
+        return;
+    };
+    let d = start(1, false);
+    let cfg = json!({
+        "base_url": format!("https://localhost:{}/v1", d.openai.expect("http api").port()),
+        "api_key": KEY,
+        "ca": d.state_dir().join("ca.crt"),
+        "model": MODEL,
+    });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/e2e/litellm_route.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(cfg.to_string())
+        .output()
+        .expect("run the LiteLLM script");
+    assert!(
+        out.status.success(),
+        "LiteLLM failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let want = d
+        .inference()
+        .await
+        .chat(pb::ChatRequest {
+            model: MODEL.into(),
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "Name a colour.".into(),
+            }],
+            sampling: Some(pb::SamplingParams {
+                temperature: Some(0.0),
+                ..Default::default()
+            }),
+            max_tokens: Some(12),
+            ..Default::default()
+        })
+        .await
+        .expect("gRPC chat")
+        .into_inner();
+    assert_eq!(got["text"], want.text.as_str(), "{got}");
+    let u = want.usage.expect("usage");
+    assert_eq!(got["usage"]["prompt_tokens"], u.prompt_tokens);
+    assert_eq!(got["usage"]["completion_tokens"], u.completion_tokens);
+    let keyed = audit_tail(&d)
+        .await
+        .into_iter()
+        .filter(|r| r["api"] == "openai" && r["actor"] == "key:sdk" && r["phase"] == "completed")
+        .count();
+    assert_eq!(keyed, 1, "the routed request is on record under its key");
 }

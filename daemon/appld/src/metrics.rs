@@ -1,76 +1,51 @@
-//! Prometheus metrics over plain HTTP on `server.metrics_listen`: `GET /metrics` answers the
-//! text exposition format, anything else 404. A few lines of HTTP/1.0 are all a scraper needs,
-//! so no HTTP framework is pulled in. Reads only counters; never request text.
+//! Prometheus metrics over plain HTTP on `server.metrics_listen` (and, if the operator wants,
+//! on the OpenAI-compatible listener): `GET /metrics` answers the text exposition format,
+//! anything else 404. The same HTTP stack as the APIs (axum routes on our hyper loop). Reads
+//! only counters; never request text.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use appl_engine::HistogramSnapshot;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::header::CONTENT_TYPE;
+use http::StatusCode;
 
 use crate::audit::Auditor;
 use crate::state::AppState;
 
-/// Serves scrapes until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    audit: Arc<Auditor>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let (state, audit) = (Arc::clone(&state), Arc::clone(&audit));
-                tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &state, &audit).await {
-                        debug!(target: "api", error = %e, "metrics scrape failed");
-                    }
-                });
-            }
-        }
-    }
+/// The metrics routes: `GET /metrics` (and `GET /`) answer the exposition text; anything else
+/// 404. Served by the daemon's own HTTP loop (`transport.rs`) on `server.metrics_listen`, and
+/// on the OpenAI-compatible listener when `openai.metrics` is set.
+pub fn router(state: Arc<AppState>, audit: Arc<Auditor>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(scrape))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(CONTENT_TYPE, TEXT)],
+                "not found; scrape /metrics\n",
+            )
+        })
+        .with_state((state, audit))
 }
 
-async fn answer(mut stream: TcpStream, state: &AppState, audit: &Auditor) -> std::io::Result<()> {
-    let mut buf = [0u8; 4096];
-    let mut n = 0;
-    let read = async {
-        while n < buf.len() {
-            let k = stream.read(&mut buf[n..]).await?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    if tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .is_err()
-    {
-        return Ok(());
-    }
-    let head = &buf[..n];
-    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-        ("200 OK", render(state, audit))
-    } else {
-        ("404 Not Found", "not found; scrape /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+/// `GET /metrics` alone, to merge into the OpenAI-compatible API's routes
+/// (`openai.metrics = true`).
+pub fn router_on_api(state: Arc<AppState>, audit: Arc<Auditor>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((state, audit))
+}
+
+/// The Prometheus text format's content type.
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+async fn scrape(State((state, audit)): State<(Arc<AppState>, Arc<Auditor>)>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, TEXT)], render(&state, &audit))
 }
 
 pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {

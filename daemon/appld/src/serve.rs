@@ -186,8 +186,15 @@ pub async fn serve(
     .prepare()
     .into_axum_router()
     .layer(EdgeLayer::new(Arc::clone(&state), Arc::clone(&auditor)));
-    let openai_routes = crate::openai::router(Arc::clone(&state), Arc::clone(&auditor))
-        .layer(EdgeLayer::openai(Arc::clone(&state), Arc::clone(&auditor)));
+    let mut openai_routes = crate::openai::router(Arc::clone(&state), Arc::clone(&auditor));
+    if config.openai.metrics {
+        openai_routes = openai_routes.merge(metrics::router_on_api(
+            Arc::clone(&state),
+            Arc::clone(&auditor),
+        ));
+    }
+    let openai_routes =
+        openai_routes.layer(EdgeLayer::openai(Arc::clone(&state), Arc::clone(&auditor)));
     if let Some(r) = reload {
         let reloader = Reloader::new(
             r.path,
@@ -209,12 +216,9 @@ pub async fn serve(
     let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
     let openai_addr = listeners.openai.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(m) = listeners.metrics {
-        tokio::spawn(metrics::serve(
-            m,
-            Arc::clone(&state),
-            Arc::clone(&auditor),
-            stop_rx.clone(),
-        ));
+        let stop = stopped(stop_rx.clone());
+        let routes = metrics::router(Arc::clone(&state), Arc::clone(&auditor));
+        servers.spawn(transport::serve(Incoming::Tcp(m), routes, stop));
     }
     if let Some(tcp) = listeners.tcp {
         let stop = stopped(stop_rx.clone());

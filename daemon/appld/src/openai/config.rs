@@ -10,6 +10,9 @@ use serde::Deserialize;
 pub struct OpenAiConfig {
     /// TCP address of the HTTP API, such as `127.0.0.1:8080`; empty (the default) disables it.
     pub listen: String,
+    /// Also answer `GET /metrics` (Prometheus) on this listener, without credentials, as on
+    /// `server.metrics_listen`.
+    pub metrics: bool,
 }
 
 impl OpenAiConfig {
