@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::harness::{greedy, Daemon, Opts};
 use crate::http_client::{self, send, stream_until};
 
-const KEY: &str = "appl_e2e_openai_0123456789abcdef0123456789abcd";
+pub const KEY: &str = "appl_e2e_openai_0123456789abcdef0123456789abcd";
 const OPERATOR_KEY: &str = "appl_e2e_openai_operator_0123456789abcdef012";
 const WARD_KEY: &str = "appl_e2e_openai_ward_0123456789abcdef0123456";
 const MODEL: &str = "gemma-3-270m";
@@ -24,7 +24,7 @@ fn sha256_hex(k: &str) -> String {
 
 /// The HTTP API on port 0, with three keys: `sdk` (inference, tenant default), `ops`
 /// (operator only) and `ward` (inference, tenant `ward`, one request at a time).
-fn http_config() -> String {
+pub fn http_config() -> String {
     format!(
         r#"
 [openai]
