@@ -28,6 +28,20 @@ if [[ ! -x target/tools/grpcurl/bin/grpcurl ]]; then
 fi
 APPL_GRPCURL=$PWD/target/tools/grpcurl/bin/grpcurl
 export APPL_GRPCURL
+# The official OpenAI Python SDK, the client of the OpenAI-compatible API's end-to-end tests.
+if [[ ! -x target/tools/openai/bin/python ]] || ! target/tools/openai/bin/python -c 'import openai' 2>/dev/null; then
+  python3 -m venv target/tools/openai
+  target/tools/openai/bin/pip install -q openai==3.57.0
+fi
+APPL_OPENAI_PYTHON=$PWD/target/tools/openai/bin/python
+export APPL_OPENAI_PYTHON
+# LiteLLM, the gateway the OpenAI-compatible API is tested behind (a few minutes to install).
+if [[ ! -x target/tools/litellm/bin/python ]] || ! target/tools/litellm/bin/python -c 'import litellm' 2>/dev/null; then
+  python3 -m venv target/tools/litellm
+  target/tools/litellm/bin/pip install -q litellm==1.110.2
+fi
+APPL_LITELLM_PYTHON=$PWD/target/tools/litellm/bin/python
+export APPL_LITELLM_PYTHON
 cargo test --workspace --locked
 # The fuzz targets build, and each runs a few seconds over its seed corpus (the long runs are
 # scripts/fuzz.sh run TARGET SECS).

@@ -431,6 +431,9 @@ async fn a_full_audit_disk_fails_closed_and_recovers_by_itself() {
     let audit_dir = mnt.join("audit");
     let d = Daemon::start_with(Opts {
         audit_dir: Some(audit_dir.clone()),
+        // The OpenAI-compatible API too, with an API key: it fails closed the same way.
+        tls_extra: "client_certs = \"optional\"".into(),
+        extra_config: crate::openai::http_config(),
         ..Opts::default()
     });
     let mut c = d.inference().await;
@@ -478,6 +481,24 @@ async fn a_full_audit_disk_fails_closed_and_recovers_by_itself() {
         .await
         .expect_err("refused");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    // The HTTP API answers 503, OpenAI-shaped, and its health says so.
+    let r = crate::http_client::send(
+        &d,
+        "POST",
+        "/v1/completions",
+        Some(crate::openai::KEY),
+        br#"{"prompt":"Hello","max_tokens":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "audit_unavailable",
+        "{}",
+        r.text()
+    );
+    let h = crate::http_client::send(&d, "GET", "/health", None, b"").await;
+    assert_eq!(h.status, 503, "{}", h.text());
     let status = d
         .admin()
         .await

@@ -216,6 +216,8 @@ pub struct Daemon {
     pub tcp: SocketAddr,
     /// The Prometheus metrics address.
     pub metrics: SocketAddr,
+    /// The OpenAI-compatible HTTP API, when the config enables it (`[openai] listen`).
+    pub openai: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
     /// The site CA of this daemon (none with plaintext TCP).
     pub ca: Option<Ca>,
@@ -256,6 +258,7 @@ impl Daemon {
                             let _ = ready_tx.send((
                                 v["tcp"].as_str().unwrap_or_default().to_owned(),
                                 v["metrics"].as_str().unwrap_or_default().to_owned(),
+                                v["openai"].as_str().unwrap_or_default().to_owned(),
                             ));
                         }
                     }
@@ -263,10 +266,11 @@ impl Daemon {
                 }
             });
         }
-        let (tcp, metrics) = match ready_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok((addr, metrics)) => (
+        let (tcp, metrics, openai) = match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok((addr, metrics, openai)) => (
                 addr.parse().expect("ready line has a tcp address"),
                 metrics.parse().expect("ready line has a metrics address"),
+                openai.parse().ok(),
             ),
             Err(_) => {
                 let _ = child.kill();
@@ -284,6 +288,7 @@ impl Daemon {
             _dir: dir,
             tcp,
             metrics,
+            openai,
             logs,
             ca,
         }

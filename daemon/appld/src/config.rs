@@ -71,6 +71,9 @@ pub struct Config {
     /// `[model_store]`: where imported models live.
     #[serde(default)]
     pub model_store: crate::ops_config::ModelStoreConfig,
+    /// `[openai]`: the OpenAI-compatible HTTP API.
+    #[serde(default)]
+    pub openai: crate::openai::config::OpenAiConfig,
 }
 
 /// `[queue]`: how engines order, pause and reuse work.
@@ -380,6 +383,11 @@ impl Config {
         crate::ops_config::resolve_paths(&mut self.health, &mut self.model_store, base);
     }
 
+    /// Whether anything is served on TCP (gRPC or the HTTP API), and so needs `[tls]`.
+    pub fn serves_tcp(&self) -> bool {
+        !self.server.listen.is_empty() || self.openai.enabled()
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, reason: &str| ConfigError::Invalid {
             path: path.to_owned(),
@@ -409,7 +417,10 @@ impl Config {
         if let Err((key, reason)) = crate::tenants::validate_tenants(&self.tenants) {
             return Err(invalid(key, reason));
         }
-        if let Err((key, reason)) = self.tls.validate(!s.listen.is_empty()) {
+        if let Err((key, reason)) = self.openai.validate() {
+            return Err(invalid(key.into(), reason));
+        }
+        if let Err((key, reason)) = self.tls.validate(self.serves_tcp()) {
             return Err(invalid(key.into(), reason));
         }
         if let Err((key, reason)) = crate::identity::config::validate(

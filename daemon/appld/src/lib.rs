@@ -11,7 +11,8 @@
 //! The request path: `transport` (TLS, the peer) → `identity::edge` (who calls, which roles,
 //! input limits) → `api` (the gRPC face) → `request::validate` → `tenants` (the permit) →
 //! `audit` (the admitted record) → `request::drive` (the engine, the completed record) → back
-//! through `api`. SIGHUP reloads identities, keys, tenants, limits and TLS (`reload`).
+//! through `api`. The OpenAI-compatible HTTP face (`openai`) takes the same path from the
+//! edge on. SIGHUP reloads identities, keys, tenants, limits and TLS (`reload`).
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod live;
 pub mod measure;
 pub mod metrics;
 pub mod models;
+pub mod openai;
 pub mod ops_config;
 pub mod registry;
 pub mod reload;
@@ -274,7 +276,7 @@ impl From<LoadFailed> for Failed {
 /// Loads the TLS material `[tls]` names when TCP is served with TLS, so that a missing or bad
 /// file is reported at once (exit 78), by `--check-config` too.
 pub fn check_tls(config: &Config) -> Result<(), StartupError> {
-    if !config.server.listen.is_empty() && !config.tls.insecure_plaintext {
+    if config.serves_tcp() && !config.tls.insecure_plaintext {
         tls::load(&config.tls).map_err(|e| StartupError::Config(ConfigError::Tls(e)))?;
     }
     Ok(())

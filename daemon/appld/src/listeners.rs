@@ -15,6 +15,8 @@ pub struct Listeners {
     pub unix: Option<(UnixListener, PathBuf)>,
     /// Prometheus metrics (`server.metrics_listen`).
     pub metrics: Option<TcpListener>,
+    /// The OpenAI-compatible HTTP API (`openai.listen`).
+    pub openai: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -56,6 +58,15 @@ impl Listeners {
                     source,
                 })?;
             l.metrics = Some(m);
+        }
+        if config.openai.enabled() {
+            let o = TcpListener::bind(&config.openai.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    what: format!("openai tcp {}", config.openai.listen),
+                    source,
+                })?;
+            l.openai = Some(o);
         }
         Ok(l)
     }

@@ -1,115 +1,185 @@
-//! Prometheus metrics over plain HTTP on `server.metrics_listen`: `GET /metrics` answers the
-//! text exposition format, anything else 404. A few lines of HTTP/1.0 are all a scraper needs,
-//! so no HTTP framework is pulled in. Reads only counters; never request text.
+//! Prometheus metrics over plain HTTP on `server.metrics_listen` (and, if the operator wants,
+//! on the OpenAI-compatible listener): `GET /metrics` answers the text exposition format,
+//! anything else 404. The same HTTP stack as the APIs (axum routes on our hyper loop). Reads
+//! only counters; never request text.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use appl_engine::HistogramSnapshot;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::header::CONTENT_TYPE;
+use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::audit::Auditor;
 use crate::state::AppState;
 
-/// Serves scrapes until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
+/// The metrics routes: `GET /metrics` (and `GET /`) answer the exposition text; anything else
+/// 404. Served by the daemon's own HTTP loop (`transport.rs`) on `server.metrics_listen`, and
+/// on the OpenAI-compatible listener when `openai.metrics` is set.
+pub fn router(state: Arc<AppState>, audit: Arc<Auditor>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(scrape))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(CONTENT_TYPE, TEXT)],
+                "not found; scrape /metrics\n",
+            )
+        })
+        .with_state((state, audit))
+}
+
+/// `GET /metrics` alone, to merge into the OpenAI-compatible API's routes
+/// (`openai.metrics = true`).
+pub fn router_on_api(state: Arc<AppState>, audit: Arc<Auditor>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((state, audit))
+}
+
+/// The Prometheus text format's content type.
+const TEXT: &str = prometheus_text::CONTENT_TYPE;
+
+async fn scrape(State((state, audit)): State<(Arc<AppState>, Arc<Auditor>)>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, TEXT)], render(&state, &audit))
+}
+
+/// A series' labels, as name and value.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+/// Writes metric families through prometheus-client's Prometheus text encoder (version
+/// 0.0.4): the library escapes label values and help text, names counters `<name>_total` and
+/// lays out histogram buckets.
+pub(crate) struct Families<'a, 'e> {
+    enc: &'a mut DescriptorEncoder<'e>,
+}
+
+impl Families<'_, '_> {
+    /// A gauge family.
+    pub fn gauge<V: EncodeGaugeValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, V)],
+    ) -> fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, v) in rows {
+            m.encode_family(labels)?.encode_gauge(v)?;
+        }
+        Ok(())
+    }
+
+    /// A counter family; `name` ends in `_total`, as it is exposed.
+    pub fn counter<V: EncodeCounterValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, V)],
+    ) -> fmt::Result {
+        // The encoder appends `_total` itself.
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        let mut m = self
+            .enc
+            .encode_descriptor(base, help, None, MetricType::Counter)?;
+        for (labels, v) in rows {
+            m.encode_family(labels)?
+                .encode_counter::<NoLabelSet, V, f64>(v, None)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram family from the engine's cumulative snapshots.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, &HistogramSnapshot)],
+    ) -> fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, h) in rows {
+            // The encoder takes per-bucket counts and accumulates them.
+            let mut below = 0;
+            let buckets: Vec<(f64, u64)> = h
+                .bounds
+                .iter()
+                .zip(&h.cumulative)
+                .map(|(b, c)| {
+                    let n = c.saturating_sub(below);
+                    below = *c;
+                    (*b, n)
+                })
+                .collect();
+            m.encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the daemon exposes, encoded at each scrape from the live state.
+#[derive(Debug)]
+struct Snapshot {
     state: Arc<AppState>,
     audit: Arc<Auditor>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let (state, audit) = (Arc::clone(&state), Arc::clone(&audit));
-                tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &state, &audit).await {
-                        debug!(target: "api", error = %e, "metrics scrape failed");
-                    }
-                });
-            }
-        }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let mut f = Families { enc: &mut enc };
+        engine_families(&mut f, &self.state)?;
+        crate::health::metrics::render(&mut f, &self.state, &self.audit.status())
     }
-}
-
-async fn answer(mut stream: TcpStream, state: &AppState, audit: &Auditor) -> std::io::Result<()> {
-    let mut buf = [0u8; 4096];
-    let mut n = 0;
-    let read = async {
-        while n < buf.len() {
-            let k = stream.read(&mut buf[n..]).await?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    if tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .is_err()
-    {
-        return Ok(());
-    }
-    let head = &buf[..n];
-    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-        ("200 OK", render(state, audit))
-    } else {
-        ("404 Not Found", "not found; scrape /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
-    for (b, c) in h.bounds.iter().zip(&h.cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
-}
-
-/// Label values are ids from the config (validated ASCII), but escape anyway.
-pub(crate) fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The exposition text for the whole daemon.
-pub fn render(state: &AppState, audit: &Auditor) -> String {
+pub fn render(state: &Arc<AppState>, audit: &Arc<Auditor>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot {
+        state: Arc::clone(state),
+        audit: Arc::clone(audit),
+    }));
     let mut out = String::with_capacity(16384);
+    // Writing into a String cannot fail; a collector's own error would leave the text short.
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!(target: "api", error = %e, "encoding the metrics failed");
+    }
+    out
+}
+
+fn engine_families(f: &mut Families<'_, '_>, state: &AppState) -> fmt::Result {
     let models = state.models.snapshot();
     let snaps: Vec<_> = models
         .values()
         .map(|m| {
             let e = &m.engine;
-            (
-                format!("model=\"{}\"", esc(&e.spec().id)),
-                e.spec().slots(),
-                e.stats(),
-            )
+            (e.spec().id.clone(), e.spec().slots(), e.stats())
         })
         .collect();
+    let model = |id: &str| -> Labels { vec![("model", id.to_owned())] };
+    let with = |id: &str, k: &'static str, v: &str| -> Labels {
+        vec![("model", id.to_owned()), (k, v.to_owned())]
+    };
     type Field = fn(&appl_engine::StatsSnapshot) -> u64;
+    let per_model = |field: Field| -> Vec<(Labels, u64)> {
+        snaps
+            .iter()
+            .map(|(id, _, s)| (model(id), field(s)))
+            .collect()
+    };
     let gauges: [(&str, &str, Field); 3] = [
         ("appl_busy_slots", "Slots holding a request.", |s| {
             u64::from(s.busy_slots)
@@ -125,39 +195,28 @@ pub fn render(state: &AppState, audit: &Auditor) -> String {
             |s| u64::from(s.queued),
         ),
     ];
-    for (name, help, f) in gauges {
-        header(&mut out, name, "gauge", help);
-        for (l, _, s) in &snaps {
-            let _ = writeln!(out, "{name}{{{l}}} {}", f(s));
-        }
+    for (name, help, field) in gauges {
+        f.gauge(name, help, &per_model(field))?;
     }
-    header(
-        &mut out,
-        "appl_slots",
-        "gauge",
-        "Sequence slots of the engine.",
-    );
-    for (l, slots, _) in &snaps {
-        let _ = writeln!(out, "appl_slots{{{l}}} {slots}");
-    }
-    header(
-        &mut out,
+    let slots: Vec<(Labels, u32)> = snaps.iter().map(|(id, n, _)| (model(id), *n)).collect();
+    f.gauge("appl_slots", "Sequence slots of the engine.", &slots)?;
+    let depth: Vec<(Labels, u64)> = snaps
+        .iter()
+        .flat_map(|(id, _, s)| {
+            [
+                (
+                    with(id, "class", "interactive"),
+                    u64::from(s.queued_interactive),
+                ),
+                (with(id, "class", "batch"), u64::from(s.queued_batch)),
+            ]
+        })
+        .collect();
+    f.gauge(
         "appl_queue_depth",
-        "gauge",
         "Requests waiting in the engine's queue, by class.",
-    );
-    for (l, _, s) in &snaps {
-        let _ = writeln!(
-            out,
-            "appl_queue_depth{{{l},class=\"interactive\"}} {}",
-            s.queued_interactive
-        );
-        let _ = writeln!(
-            out,
-            "appl_queue_depth{{{l},class=\"batch\"}} {}",
-            s.queued_batch
-        );
-    }
+        &depth,
+    )?;
     let counters: [(&str, &str, Field); 7] = [
         ("appl_tokens_generated_total", "Tokens generated.", |s| {
             s.tokens_generated
@@ -193,41 +252,31 @@ pub fn render(state: &AppState, audit: &Auditor) -> String {
             |s| s.expired_in_queue,
         ),
     ];
-    for (name, help, f) in counters {
-        header(&mut out, name, "counter", help);
-        for (l, _, s) in &snaps {
-            let _ = writeln!(out, "{name}{{{l}}} {}", f(s));
-        }
+    for (name, help, field) in counters {
+        f.counter(name, help, &per_model(field))?;
     }
-    header(
-        &mut out,
+    let rejected: Vec<(Labels, u64)> = snaps
+        .iter()
+        .map(|(id, _, s)| (with(id, "reason", "queue_full"), s.rejected_queue_full))
+        .collect();
+    f.counter(
         "appl_rejections_total",
-        "counter",
         "Requests refused with RESOURCE_EXHAUSTED, by reason.",
-    );
-    for (l, _, s) in &snaps {
-        let _ = writeln!(
-            out,
-            "appl_rejections_total{{{l},reason=\"queue_full\"}} {}",
-            s.rejected_queue_full
-        );
-    }
-    header(
-        &mut out,
-        "appl_tenant_rejections_total",
-        "counter",
-        "Requests refused with RESOURCE_EXHAUSTED by a tenant limit, by limit.",
-    );
+        &rejected,
+    )?;
     let tenants = state.tenants();
     let (conc, rate) = tenants.rejections();
-    let _ = writeln!(
-        out,
-        "appl_tenant_rejections_total{{reason=\"tenant_max_concurrent\"}} {conc}"
-    );
-    let _ = writeln!(
-        out,
-        "appl_tenant_rejections_total{{reason=\"tenant_tokens_per_minute\"}} {rate}"
-    );
+    f.counter(
+        "appl_tenant_rejections_total",
+        "Requests refused with RESOURCE_EXHAUSTED by a tenant limit, by limit.",
+        &[
+            (vec![("reason", "tenant_max_concurrent".to_owned())], conc),
+            (
+                vec![("reason", "tenant_tokens_per_minute".to_owned())],
+                rate,
+            ),
+        ],
+    )?;
     type HistField = fn(&appl_engine::StatsSnapshot) -> &HistogramSnapshot;
     let hists: [(&str, &str, HistField); 3] = [
         (
@@ -246,27 +295,81 @@ pub fn render(state: &AppState, audit: &Auditor) -> String {
             |s| &s.batch_sequences,
         ),
     ];
-    for (name, help, f) in hists {
-        header(&mut out, name, "histogram", help);
-        for (l, _, s) in &snaps {
-            histogram(&mut out, name, l, f(s));
+    for (name, help, field) in hists {
+        let rows: Vec<(Labels, &HistogramSnapshot)> = snaps
+            .iter()
+            .map(|(id, _, s)| (model(id), field(s)))
+            .collect();
+        f.histogram(name, help, &rows)?;
+    }
+    let in_flight: Vec<(Labels, u32)> = tenants
+        .policies()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = appl_engine::TenantId(i as u32);
+            (vec![("tenant", p.name.clone())], tenants.in_flight(id))
+        })
+        .collect();
+    f.gauge(
+        "appl_tenant_in_flight",
+        "Requests of a tenant queued or running.",
+        &in_flight,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Families written through the library: counters keep their `_total` name, label values
+    /// are escaped, and histogram buckets stay cumulative.
+    #[derive(Debug)]
+    struct Sample;
+
+    impl Collector for Sample {
+        fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+            let mut f = Families { enc: &mut enc };
+            f.gauge(
+                "appl_gpu_info",
+                "A GPU.",
+                &[(vec![("name", "A \"big\"\nGPU".to_owned())], 1.0)],
+            )?;
+            f.counter(
+                "appl_x_total",
+                "X.",
+                &[(vec![("model", "m".to_owned())], 7u64)],
+            )?;
+            let h = HistogramSnapshot {
+                bounds: vec![0.1, 1.0],
+                cumulative: vec![2, 5],
+                count: 6,
+                sum: 4.5,
+            };
+            f.histogram(
+                "appl_h_seconds",
+                "H.",
+                &[(vec![("model", "m".to_owned())], &h)],
+            )
         }
     }
-    header(
-        &mut out,
-        "appl_tenant_in_flight",
-        "gauge",
-        "Requests of a tenant queued or running.",
-    );
-    for (i, p) in tenants.policies().iter().enumerate() {
-        let id = appl_engine::TenantId(i as u32);
-        let _ = writeln!(
-            out,
-            "appl_tenant_in_flight{{tenant=\"{}\"}} {}",
-            esc(&p.name),
-            tenants.in_flight(id)
-        );
+
+    #[test]
+    fn families_keep_names_escape_labels_and_accumulate_buckets() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Sample));
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry).expect("encode");
+        for line in [
+            r#"appl_gpu_info{name="A \"big\"\nGPU"} 1.0"#,
+            "# TYPE appl_x_total counter",
+            r#"appl_x_total{model="m"} 7"#,
+            r#"appl_h_seconds_bucket{model="m",le="0.1"} 2"#,
+            r#"appl_h_seconds_bucket{model="m",le="1"} 5"#,
+            r#"appl_h_seconds_bucket{model="m",le="+Inf"} 6"#,
+            r#"appl_h_seconds_count{model="m"} 6"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} not in:\n{out}");
+        }
     }
-    crate::health::metrics::render(&mut out, state, &audit.status());
-    out
 }

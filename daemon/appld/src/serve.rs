@@ -1,5 +1,5 @@
-//! Serving: gRPC (with grpc.health.v1 and reflection) on TCP and the Unix socket, metrics on
-//! their own port, until the shutdown future resolves; then the drain, in this order:
+//! Serving: gRPC (with grpc.health.v1 and reflection) on TCP and the Unix socket, the
+//! OpenAI-compatible HTTP API on its own port (`[openai]`), metrics on theirs, until the shutdown future resolves; then the drain, in this order:
 //!
 //! 1. stop admitting: no new connections, health `NOT_SERVING`, new requests `UNAVAILABLE`;
 //! 2. requests in flight finish, for up to `server.drain_timeout_secs`;
@@ -83,8 +83,9 @@ pub async fn serve(
             .with_auth(AuthTable::from_config(config)),
     );
     let tcp_mode = config.tls.mode(listeners.tcp.is_some());
-    let tls = match (&listeners.tcp, config.tls.insecure_plaintext) {
-        (Some(_), false) => {
+    let on_tcp = listeners.tcp.is_some() || listeners.openai.is_some();
+    let tls = match (on_tcp, config.tls.insecure_plaintext) {
+        (true, false) => {
             let m = crate::tls::load(&config.tls)
                 .map_err(|e| crate::StartupError::Config(crate::config::ConfigError::Tls(e)))?;
             Some(Arc::new(Live::new(m)))
@@ -98,6 +99,15 @@ pub async fn serve(
             .map(|t| t.get().certificates.clone())
             .unwrap_or_default(),
     }));
+    if listeners.openai.is_some() && config.tls.insecure_plaintext {
+        warn!(
+            target: "auth",
+            listen = %config.openai.listen,
+            "INSECURE: the OpenAI-compatible HTTP API is served WITHOUT TLS \
+             (tls.insecure_plaintext = true): API keys, prompts and answers cross the network in \
+             clear; use it only on 127.0.0.1 for a demo"
+        );
+    }
     if tcp_mode == "plaintext" {
         warn!(
             target: "auth",
@@ -176,6 +186,15 @@ pub async fn serve(
     .prepare()
     .into_axum_router()
     .layer(EdgeLayer::new(Arc::clone(&state), Arc::clone(&auditor)));
+    let mut openai_routes = crate::openai::router(Arc::clone(&state), Arc::clone(&auditor));
+    if config.openai.metrics {
+        openai_routes = openai_routes.merge(metrics::router_on_api(
+            Arc::clone(&state),
+            Arc::clone(&auditor),
+        ));
+    }
+    let openai_routes =
+        openai_routes.layer(EdgeLayer::openai(Arc::clone(&state), Arc::clone(&auditor)));
     if let Some(r) = reload {
         let reloader = Reloader::new(
             r.path,
@@ -195,13 +214,11 @@ pub async fn serve(
     let tcp_addr = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
     let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
     let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let openai_addr = listeners.openai.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(m) = listeners.metrics {
-        tokio::spawn(metrics::serve(
-            m,
-            Arc::clone(&state),
-            Arc::clone(&auditor),
-            stop_rx.clone(),
-        ));
+        let stop = stopped(stop_rx.clone());
+        let routes = metrics::router(Arc::clone(&state), Arc::clone(&auditor));
+        servers.spawn(transport::serve(Incoming::Tcp(m), routes, stop));
     }
     if let Some(tcp) = listeners.tcp {
         let stop = stopped(stop_rx.clone());
@@ -211,6 +228,14 @@ pub async fn serve(
         };
         servers.spawn(transport::serve(incoming, routes.clone(), stop));
     }
+    if let Some(http) = listeners.openai {
+        let stop = stopped(stop_rx.clone());
+        let incoming = match &tls {
+            Some(t) => Incoming::Tls(http, Arc::clone(t)),
+            None => Incoming::Tcp(http),
+        };
+        servers.spawn(transport::serve(incoming, openai_routes, stop));
+    }
     if let Some((unix, _)) = listeners.unix {
         let stop = stopped(stop_rx.clone());
         servers.spawn(transport::serve(Incoming::Unix(unix), routes.clone(), stop));
@@ -219,6 +244,7 @@ pub async fn serve(
         tcp = %tcp_addr.map(|a| a.to_string()).unwrap_or_default(),
         socket = %socket_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+        openai = %openai_addr.map(|a| a.to_string()).unwrap_or_default(),
         tcp_security = tcp_mode,
         "ready"
     );

@@ -390,6 +390,8 @@ pub struct NewRecord {
     /// HMAC-SHA256 of the prompt under the appliance's key ([`crate::AuditLog::prompt_digest`]).
     /// Never a plain hash: short PHI could be recovered from one by guessing.
     pub prompt_hmac: Option<Digest>,
+    /// The API a request came in through (`grpc`, `openai`); absent on records of no request.
+    pub api: Option<Ident>,
 }
 
 impl NewRecord {
@@ -412,6 +414,7 @@ impl NewRecord {
             completion_tokens: None,
             latency_us: None,
             prompt_hmac: None,
+            api: None,
         }
     }
 
@@ -475,6 +478,9 @@ pub struct Record {
     /// See [`NewRecord::prompt_hmac`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_hmac: Option<Digest>,
+    /// See [`NewRecord::api`]. Last, so that records without it encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Ident>,
 }
 
 /// The record's fields in canonical order (the CSV columns, the CEF/syslog parameters).
@@ -498,6 +504,7 @@ pub const FIELDS: &[&str] = &[
     "completion_tokens",
     "latency_us",
     "prompt_hmac",
+    "api",
 ];
 
 const NUMERIC_FIELDS: &[&str] = &[
@@ -531,6 +538,7 @@ impl Record {
             completion_tokens: n.completion_tokens,
             latency_us: n.latency_us,
             prompt_hmac: n.prompt_hmac,
+            api: n.api,
         }
     }
 

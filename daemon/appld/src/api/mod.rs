@@ -16,10 +16,10 @@ use appl_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditTicket, Auditor, RequestFacts};
+use crate::audit::{Api as AuditApi, AuditTicket, Auditor, RequestFacts};
 use crate::identity::Caller;
 use crate::lifecycle::ModelManager;
-use crate::request::{drive, validate, GenerateInput, Prepared, PromptInput, RequestError};
+use crate::request::{admit, drive, validate, GenerateInput, Prepared, PromptInput, RequestError};
 use crate::state::AppState;
 use convert::{chunk_to_pb, engine_status_to_pb, finish_to_pb, model_to_pb, tenants_to_pb};
 
@@ -45,8 +45,7 @@ impl Api {
     /// Who is calling (resolved at the edge); refused first while the daemon drains or the
     /// audit log cannot write, so that nothing is admitted unaudited.
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, RequestError> {
-        self.state.check_admitting()?;
-        self.audit.check_serving()?;
+        admit::check_open(&self.state, &self.audit)?;
         Caller::of(req)
     }
 
@@ -57,19 +56,12 @@ impl Api {
         action: Action,
         input: GenerateInput,
     ) -> Result<(Prepared, AuditTicket), RequestError> {
-        let prompt_hmac = self.audit.input_hmac(&input.prompt);
-        let p = self.state.prepare(input, caller.tenant())?;
-        let facts = RequestFacts {
-            action,
-            request_id: &p.request_id,
-            model: p.model(),
-            model_sha256: Some(p.engine.sha256()),
-            prompt_tokens: p.prompt.len(),
-            prompt_hmac,
-            received: p.received,
+        let origin = admit::Origin {
+            caller,
+            action: &action,
+            api: AuditApi::Grpc,
         };
-        let ticket = self.audit.admit(caller, &facts).await?;
-        Ok((p, ticket))
+        admit::admit(&self.state, &self.audit, origin, input).await
     }
 
     async fn unary(
@@ -188,6 +180,7 @@ impl pb::inference_server::Inference for Api {
             prompt_tokens: token_ids.len(),
             prompt_hmac,
             received,
+            api: AuditApi::Grpc,
         };
         self.audit
             .event(&caller, &facts)

@@ -29,7 +29,7 @@ mod ticket;
 
 pub use digests::{file_sha256, known_sha256, FileStamp};
 pub use models::{fault_action, unload_action, AdminTicket};
-pub use ticket::{AuditTicket, RequestFacts};
+pub use ticket::{Api, AuditTicket, RequestFacts};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +147,7 @@ impl Auditor {
             n.model = r.model;
             n.model_sha256 = r.model_sha256;
             n.prompt_tokens = r.prompt_tokens;
+            n.api = r.api;
             n.status = Some(tonic::Code::Aborted as u32);
             n.reason = Ident::new("unclean_stop").ok();
             self.append(n).await?;

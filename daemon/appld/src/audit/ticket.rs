@@ -25,6 +25,27 @@ pub struct RequestFacts<'a> {
     pub prompt_hmac: Digest,
     /// When the request arrived.
     pub received: Instant,
+    /// The API the request came in through.
+    pub api: Api,
+}
+
+/// The API a request came in through, as its records name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `appl.v1` over gRPC.
+    Grpc,
+    /// The OpenAI-compatible HTTP API.
+    OpenAi,
+}
+
+impl Api {
+    /// The name in the record's `api` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Grpc => "grpc",
+            Api::OpenAi => "openai",
+        }
+    }
 }
 
 impl Auditor {
@@ -49,6 +70,7 @@ impl Auditor {
         r.model_sha256 = f.model_sha256;
         r.prompt_tokens = Some(len_u32(f.prompt_tokens));
         r.prompt_hmac = Some(f.prompt_hmac);
+        r.api = Some(Ident::new(f.api.name())?);
         Ok(r)
     }
 

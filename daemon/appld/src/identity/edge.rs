@@ -1,13 +1,14 @@
 //! The edge: a tower layer on the router that every request passes before any service sees
-//! it, whatever face it came in by. It
+//! it, whatever face it came in by (gRPC, or the OpenAI-compatible HTTP API: [`Face`]). It
 //!
 //! 1. refuses metadata larger than `limits.max_metadata_bytes`;
 //! 2. resolves the caller ([`super::resolve`]) and checks the role the service needs
-//!    ([`super::roles::ACCESS`]); a refusal is answered here, recorded as `auth.denied` (durable
-//!    before the answer) and logged without any credential;
+//!    ([`super::roles::ACCESS`], [`super::roles::HTTP_ACCESS`]); a refusal is answered here in
+//!    the face's own shape, recorded as `auth.denied` (durable before the answer) and logged
+//!    without any credential;
 //! 3. puts the [`Caller`] in the request's extensions, where services read it;
-//! 4. limits each request message to `limits.max_message_bytes`, naming the key when it
-//!    refuses;
+//! 4. limits each gRPC request message to `limits.max_message_bytes`, naming the key when it
+//!    refuses (the HTTP face limits its body itself, answering 413);
 //! 5. records every `appl.v1.Admin` action (all methods but the reads in
 //!    [`super::roles::ADMIN_READS`]) as `admin.<method>`: admitted before the handler runs,
 //!    completed with its status before the client gets it.
@@ -28,7 +29,7 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 use tracing::warn;
 
-use super::roles::{access, admin_op, split_path, Access, ADMIN_READS};
+use super::roles::{access, admin_op, http_access, split_path, Access, ADMIN_READS};
 use super::{authorize, resolve, Denial, PeerAuth, Presented, AUTHORIZATION, TENANT_HEADER};
 use crate::audit::{micros, Auditor};
 use crate::request::RequestError;
@@ -36,16 +37,57 @@ use crate::state::AppState;
 
 type Response = axum::response::Response;
 
+/// Which face the routes behind an edge are: it decides the access table and the shape of a
+/// refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    /// gRPC services; refusals are gRPC statuses.
+    Grpc,
+    /// The OpenAI-compatible HTTP API; refusals are OpenAI-shaped JSON errors.
+    OpenAi,
+}
+
+impl Face {
+    fn access(self, path: &str) -> Access {
+        match self {
+            Face::Grpc => access(path),
+            Face::OpenAi => http_access(path),
+        }
+    }
+
+    fn refuse(self, e: RequestError) -> Response {
+        match self {
+            Face::Grpc => tonic::Status::from(e).into_http::<Body>(),
+            Face::OpenAi => crate::openai::error::response(&e),
+        }
+    }
+}
+
 /// The layer that installs [`Edge`] around the routes.
 #[derive(Debug, Clone)]
 pub struct EdgeLayer {
     state: Arc<AppState>,
     audit: Arc<Auditor>,
+    face: Face,
 }
 
 impl EdgeLayer {
+    /// The edge of the gRPC routes.
     pub fn new(state: Arc<AppState>, audit: Arc<Auditor>) -> Self {
-        Self { state, audit }
+        Self {
+            state,
+            audit,
+            face: Face::Grpc,
+        }
+    }
+
+    /// The edge of the OpenAI-compatible HTTP routes.
+    pub fn openai(state: Arc<AppState>, audit: Arc<Auditor>) -> Self {
+        Self {
+            state,
+            audit,
+            face: Face::OpenAi,
+        }
     }
 }
 
@@ -57,6 +99,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             state: Arc::clone(&self.state),
             audit: Arc::clone(&self.audit),
+            face: self.face,
         }
     }
 }
@@ -67,6 +110,7 @@ pub struct Edge<S> {
     inner: S,
     state: Arc<AppState>,
     audit: Arc<Auditor>,
+    face: Face,
 }
 
 impl<S> Service<Request<Body>> for Edge<S>
@@ -88,7 +132,8 @@ where
         let inner = std::mem::replace(&mut self.inner, fresh);
         let state = Arc::clone(&self.state);
         let audit = Arc::clone(&self.audit);
-        Box::pin(async move { Ok(handle(inner, state, audit, req).await) })
+        let face = self.face;
+        Box::pin(async move { Ok(handle(inner, state, audit, face, req).await) })
     }
 }
 
@@ -96,6 +141,7 @@ async fn handle<S>(
     mut inner: S,
     state: Arc<AppState>,
     audit: Arc<Auditor>,
+    face: Face,
     mut req: Request<Body>,
 ) -> Response
 where
@@ -105,7 +151,7 @@ where
     let limits = state.limits();
     let meta = metadata_bytes(req.headers());
     if meta > limits.max_metadata_bytes {
-        return refuse(RequestError::OverLimit {
+        return face.refuse(RequestError::OverLimit {
             key: "limits.max_metadata_bytes",
             message: format!(
                 "the request metadata is {meta} bytes; this daemon accepts at most {} \
@@ -125,14 +171,17 @@ where
         tenant: req.headers().get(TENANT_HEADER).map(|v| v.as_bytes()),
         certs_required: auth.certs_required,
     };
-    let need = access(&path);
+    let need = face.access(&path);
     let decided = resolve(&auth, &presented).and_then(|c| authorize(&c, need, &path).map(|()| c));
     let caller = match decided {
         Ok(c) => c,
         Err(_) if need == Access::Anyone => super::anonymous_caller(&presented),
-        Err(d) => return deny(&audit, d, &path).await,
+        Err(d) => return deny(&audit, d, &path, face).await,
     };
     req.extensions_mut().insert(caller.clone());
+    if face == Face::OpenAi {
+        return call(&mut inner, req).await;
+    }
     let limit = limits.max_message_bytes;
     let req = req.map(|b| Body::new(LimitedBody::new(b, limit)));
 
@@ -208,7 +257,7 @@ fn refuse(e: RequestError) -> Response {
 
 /// Records a denial (durably, before the answer; best effort: the refusal stands if the log
 /// cannot write), logs it without credentials, and answers it.
-async fn deny(audit: &Auditor, d: Denial, path: &str) -> Response {
+async fn deny(audit: &Auditor, d: Denial, path: &str, face: Face) -> Response {
     let code = d.error.code();
     warn!(target: "auth", path, actor = %d.actor, peer = d.peer.as_ref().map_or("", |p| p.as_str()),
         reason = d.reason, code = ?code, "refused");
@@ -226,11 +275,16 @@ async fn deny(audit: &Auditor, d: Denial, path: &str) -> Response {
         r.status = Some(code as u32);
         r.reason = Ident::new(d.reason).ok();
         r.request_id = Ident::new(path.trim_start_matches('/').replace('/', ":")).ok();
+        r.api = Ident::new(match face {
+            Face::Grpc => crate::audit::Api::Grpc.name(),
+            Face::OpenAi => crate::audit::Api::OpenAi.name(),
+        })
+        .ok();
         if let Err(e) = audit.append(r).await {
             warn!(target: "audit", error = %e, "could not record a refused call");
         }
     }
-    refuse(*d.error)
+    face.refuse(*d.error)
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {

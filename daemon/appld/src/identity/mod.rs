@@ -111,7 +111,12 @@ impl Caller {
     /// The caller the edge resolved for this request. Every service reads it from here; it
     /// is missing only if the edge layer was not installed, which is a bug.
     pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, RequestError> {
-        req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        Caller::from_extensions(req.extensions())
+    }
+
+    /// [`Caller::of`] for a plain HTTP request's extensions.
+    pub fn from_extensions(ext: &http::Extensions) -> Result<Caller, RequestError> {
+        ext.get::<Caller>().cloned().ok_or_else(|| {
             RequestError::Internal(
                 "no caller was resolved for this request (edge layer missing)".into(),
             )

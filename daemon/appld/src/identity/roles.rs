@@ -131,6 +131,28 @@ pub const ACCESS: &[(&str, Access)] = &[
     ),
 ];
 
+/// Who may call what on the OpenAI-compatible HTTP listener, by exact path or, ending in `/`,
+/// by prefix; paths not listed
+/// are [`Access::Authenticated`] (and answered 404 by the router).
+pub const HTTP_ACCESS: &[(&str, Access)] = &[
+    ("/v1/", Access::Role(Role::Inference)),
+    // Load balancers probe it without credentials; it tells only serving or not.
+    ("/health", Access::Anyone),
+    // Prometheus scrapes without credentials, as on `server.metrics_listen`.
+    ("/metrics", Access::Anyone),
+];
+
+/// Who may call `path` on the OpenAI-compatible HTTP listener.
+pub fn http_access(path: &str) -> Access {
+    HTTP_ACCESS
+        .iter()
+        .find(|(p, _)| match p.strip_suffix('/') {
+            Some(_) => path.starts_with(p),
+            None => path == *p,
+        })
+        .map_or(Access::Authenticated, |(_, a)| *a)
+}
+
 /// `Admin` methods that only read: not recorded in the audit log on every call (monitoring
 /// polls them). Every other `Admin` method is an action, recorded as `admin.<method>`.
 pub const ADMIN_READS: &[&str] = &["Status"];
@@ -191,6 +213,21 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(access(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_http_api_needs_the_inference_role_and_health_is_open() {
+        for (path, want) in [
+            ("/v1/chat/completions", Access::Role(Role::Inference)),
+            ("/v1/completions", Access::Role(Role::Inference)),
+            ("/v1/models", Access::Role(Role::Inference)),
+            ("/health", Access::Anyone),
+            ("/metrics", Access::Anyone),
+            ("/healthz", Access::Authenticated),
+            ("/v2/anything", Access::Authenticated),
+        ] {
+            assert_eq!(http_access(path), want, "{path}");
         }
     }
 

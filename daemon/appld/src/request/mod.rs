@@ -1,5 +1,5 @@
-//! The request path that every face (gRPC today, the OpenAI-compatible HTTP API next) shares:
-//! validation ([`validate`]), then the tenant permit, the audit records and the engine
+//! The request path that every face (gRPC, the OpenAI-compatible HTTP API) shares: admission
+//! ([`admit`]: validation ([`validate`]) and the admitted record), then the tenant permit, the audit records and the engine
 //! ([`drive`]). Faces translate their wire types into a [`GenerateInput`] and the results back;
 //! nothing in here sees a wire type.
 //!
@@ -7,6 +7,7 @@
 //! ([`RequestError::code`]): the gRPC status, the code in the audit record, and later the HTTP
 //! status all follow from it, never from the message text.
 
+pub mod admit;
 pub mod drive;
 pub mod validate;
 
@@ -27,6 +28,13 @@ pub enum RequestError {
     /// A field is missing, malformed or out of range; the message names it and the limit.
     #[error("{0}")]
     Invalid(String),
+    /// One field of the request is malformed or out of range: `field` names it as the faces
+    /// call it (`temperature`, `prompt`, `messages`), the message says what is allowed.
+    #[error("{message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     /// The model is not served here; the message lists the ones that are.
     #[error("{0}")]
     UnknownModel(String),
@@ -88,7 +96,9 @@ impl RequestError {
     /// The canonical status code of this error (gRPC's code space; the audit log records it).
     pub fn code(&self) -> Code {
         match self {
-            RequestError::Invalid(_) | RequestError::OverLimit { .. } => Code::InvalidArgument,
+            RequestError::Invalid(_)
+            | RequestError::InvalidField { .. }
+            | RequestError::OverLimit { .. } => Code::InvalidArgument,
             RequestError::Unauthenticated(_) => Code::Unauthenticated,
             RequestError::PermissionDenied(_) => Code::PermissionDenied,
             RequestError::UnknownModel(_) => Code::NotFound,
@@ -121,6 +131,25 @@ impl RequestError {
         match self {
             RequestError::TenantLimit(r) => Some(r.reason()),
             RequestError::OverLimit { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl RequestError {
+    /// The request field at fault, if one is: the field of an [`RequestError::InvalidField`],
+    /// or the field an input limit measured (by its config key).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            RequestError::InvalidField { field, .. } => Some(field),
+            RequestError::UnknownModel(_) => Some("model"),
+            RequestError::OverLimit { key, .. } => match *key {
+                "limits.max_prompt_bytes" | "limits.max_prompt_tokens" => Some("prompt"),
+                "limits.max_chat_messages" => Some("messages"),
+                "limits.max_tokens_cap" => Some("max_tokens"),
+                "limits.max_stop_sequences" | "limits.max_stop_bytes" => Some("stop"),
+                _ => None,
+            },
             _ => None,
         }
     }

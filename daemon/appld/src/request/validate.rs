@@ -1,5 +1,5 @@
 //! Validation: a [`GenerateInput`] becomes a [`Prepared`] request, or a
-//! [`RequestError::Invalid`] (or `UnknownModel`, `ChatTemplate`) whose message names the field
+//! [`RequestError::InvalidField`] (or `UnknownModel`, `ChatTemplate`) whose message names the field
 //! and the limit. Runs on the caller's task: tokenizing and template rendering need only the
 //! shared model, not the engine thread.
 
@@ -9,8 +9,11 @@ use super::{GenerateInput, Prepared, PromptInput, RequestError, SamplingInput};
 use crate::config::LimitsConfig;
 use crate::state::AppState;
 
-fn invalid(msg: impl Into<String>) -> RequestError {
-    RequestError::Invalid(msg.into())
+fn invalid(field: &'static str, msg: impl Into<String>) -> RequestError {
+    RequestError::InvalidField {
+        field,
+        message: msg.into(),
+    }
 }
 
 /// Sampling settings with defaults filled in, each checked against its range.
@@ -26,40 +29,49 @@ pub fn sampling(p: &SamplingInput) -> Result<Sampling, RequestError> {
         seed: p.seed.unwrap_or_else(fresh_seed),
     };
     if !s.temperature.is_finite() || s.temperature < 0.0 {
-        return Err(invalid(format!(
-            "sampling.temperature is {}; it must be 0 (greedy) or more",
-            s.temperature
-        )));
+        return Err(invalid(
+            "temperature",
+            format!(
+                "sampling.temperature is {}; it must be 0 (greedy) or more",
+                s.temperature
+            ),
+        ));
     }
     if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return Err(invalid(format!(
-            "sampling.top_p is {}; it must be in (0, 1]",
-            s.top_p
-        )));
+        return Err(invalid(
+            "top_p",
+            format!("sampling.top_p is {}; it must be in (0, 1]", s.top_p),
+        ));
     }
     if !(0.0..=1.0).contains(&s.min_p) {
-        return Err(invalid(format!(
-            "sampling.min_p is {}; it must be in [0, 1]",
-            s.min_p
-        )));
+        return Err(invalid(
+            "min_p",
+            format!("sampling.min_p is {}; it must be in [0, 1]", s.min_p),
+        ));
     }
     if s.top_k < 0 {
-        return Err(invalid(format!(
-            "sampling.top_k is {}; it must be 0 (off) or more",
-            s.top_k
-        )));
+        return Err(invalid(
+            "top_k",
+            format!("sampling.top_k is {}; it must be 0 (off) or more", s.top_k),
+        ));
     }
     if !(s.repeat_penalty.is_finite() && s.repeat_penalty > 0.0) {
-        return Err(invalid(format!(
-            "sampling.repeat_penalty is {}; it must be more than 0 (1 is off)",
-            s.repeat_penalty
-        )));
+        return Err(invalid(
+            "repeat_penalty",
+            format!(
+                "sampling.repeat_penalty is {}; it must be more than 0 (1 is off)",
+                s.repeat_penalty
+            ),
+        ));
     }
     if s.repeat_last_n < 0 {
-        return Err(invalid(format!(
-            "sampling.repeat_last_n is {}; it must be 0 or more",
-            s.repeat_last_n
-        )));
+        return Err(invalid(
+            "repeat_last_n",
+            format!(
+                "sampling.repeat_last_n is {}; it must be 0 or more",
+                s.repeat_last_n
+            ),
+        ));
     }
     Ok(s)
 }
@@ -81,7 +93,10 @@ pub fn render(engine: &EngineHandle, prompt: &PromptInput) -> Result<String, Req
 
 fn render_chat(engine: &EngineHandle, messages: &[ChatMessage]) -> Result<String, RequestError> {
     if messages.is_empty() {
-        return Err(invalid("messages is empty; send at least one user message"));
+        return Err(invalid(
+            "messages",
+            "messages is empty; send at least one user message",
+        ));
     }
     check_roles(messages)?;
     engine.render_chat(messages).map_err(|e| match e {
@@ -120,7 +135,10 @@ pub fn check_input(
     match &input.prompt {
         PromptInput::Text(t) => {
             if t.is_empty() {
-                return Err(invalid("prompt is empty; send the text to continue"));
+                return Err(invalid(
+                    "prompt",
+                    "prompt is empty; send the text to continue",
+                ));
             }
             if t.len() > limits.max_prompt_bytes {
                 return Err(over(
@@ -135,7 +153,10 @@ pub fn check_input(
         }
         PromptInput::Chat(messages) => {
             if messages.is_empty() {
-                return Err(invalid("messages is empty; send at least one user message"));
+                return Err(invalid(
+                    "messages",
+                    "messages is empty; send at least one user message",
+                ));
             }
             if messages.len() > limits.max_chat_messages {
                 return Err(over(
@@ -163,7 +184,10 @@ pub fn check_input(
     let sampling = sampling(&input.sampling)?;
     let max_tokens = input.max_tokens.unwrap_or(limits.default_max_tokens);
     if max_tokens == 0 {
-        return Err(invalid("max_tokens is 0; ask for at least 1 token"));
+        return Err(invalid(
+            "max_tokens",
+            "max_tokens is 0; ask for at least 1 token",
+        ));
     }
     if max_tokens > limits.max_tokens_cap {
         return Err(over(
@@ -200,10 +224,13 @@ pub fn check_input(
 fn check_roles(messages: &[ChatMessage]) -> Result<(), RequestError> {
     for (i, m) in messages.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(invalid(format!(
-                "messages[{i}].role is {:?}; use system, user or assistant",
-                m.role
-            )));
+            return Err(invalid(
+                "messages",
+                format!(
+                    "messages[{i}].role is {:?}; use system, user or assistant",
+                    m.role
+                ),
+            ));
         }
     }
     Ok(())
@@ -236,7 +263,9 @@ impl AppState {
         }
         let ctx = engine.spec().ctx_per_slot() as usize;
         if prompt.len() >= ctx {
-            return Err(invalid(format!(
+            return Err(invalid(
+                "prompt",
+                format!(
                 "the prompt is {} tokens, but a slot's context for model {} is {ctx} tokens (prompt plus completion); shorten the prompt",
                 prompt.len(),
                 engine.spec().id
