@@ -19,6 +19,8 @@ const MAX_ERROR_BODY: usize = 300;
 /// One client of an OpenAI-compatible server at `host:port`.
 pub struct OpenAi {
     addr: String,
+    /// Sent as `Authorization: Bearer …` when set (`--api-key`).
+    api_key: Option<String>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
@@ -152,8 +154,12 @@ pub fn parse_event(data: &str) -> Vec<Event> {
 }
 
 impl OpenAi {
-    pub fn new(addr: String) -> Self {
-        Self { addr, sender: None }
+    pub fn new(addr: String, api_key: Option<String>) -> Self {
+        Self {
+            addr,
+            api_key,
+            sender: None,
+        }
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, Failure> {
@@ -187,8 +193,11 @@ impl OpenAi {
         body: &Value,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Failure> {
         let host = self.addr.clone();
-        let req = hyper::Request::post(path)
-            .header(hyper::header::HOST, host)
+        let mut req = hyper::Request::post(path).header(hyper::header::HOST, host);
+        if let Some(key) = &self.api_key {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let req = req
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::ACCEPT, "text/event-stream, application/json")
             .body(Full::new(Bytes::from(body.to_string())))

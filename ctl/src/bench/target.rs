@@ -103,7 +103,7 @@ impl Target {
                 PathBuf::new(),
                 Some(format!("grpcs://{a}")),
             )))),
-            Target::OpenAi(a) => Client::OpenAi(OpenAi::new(a.clone())),
+            Target::OpenAi(a) => Client::OpenAi(OpenAi::new(a.clone(), conn.api_key.clone())),
         })
     }
 }

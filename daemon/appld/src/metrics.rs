@@ -141,6 +141,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
         let mut f = Families { enc: &mut enc };
         engine_families(&mut f, &self.state)?;
+        certificate_families(&mut f, &self.state)?;
         crate::health::metrics::render(&mut f, &self.state, &self.audit.status())
     }
 }
@@ -158,6 +159,31 @@ pub fn render(state: &Arc<AppState>, audit: &Arc<Auditor>) -> String {
         tracing::warn!(target: "api", error = %e, "encoding the metrics failed");
     }
     out
+}
+
+/// When each TLS certificate the daemon serves with or trusts stops being valid (the same
+/// certificates `applctl status` warns about within 30 days).
+fn certificate_families(f: &mut Families<'_, '_>, state: &AppState) -> fmt::Result {
+    let transport = state.transport.get();
+    let rows: Vec<(Labels, f64)> = transport
+        .certificates
+        .iter()
+        .map(|c| {
+            let at = c
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            (
+                vec![("role", c.role.to_owned()), ("subject", c.subject.clone())],
+                at,
+            )
+        })
+        .collect();
+    f.gauge(
+        "appl_tls_certificate_expiry_timestamp_seconds",
+        "When a TLS certificate appld serves with (role server) or trusts (role client_ca) expires, Unix seconds.",
+        &rows,
+    )
 }
 
 fn engine_families(f: &mut Families<'_, '_>, state: &AppState) -> fmt::Result {
