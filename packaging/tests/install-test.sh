@@ -113,7 +113,7 @@ models=$(grep -c '^\[\[models\]\]' /etc/appl/appld.toml)
 grep -qx "LOADED_AT_READY=$models" "$work/notify.log" \
   || die "READY=1 arrived before all $models model(s) had loaded: $(grep LOADED_AT_READY "$work/notify.log")"
 ready_line=$(grep -n '^READY=1' "$work/notify.log" | cut -d: -f1)
-loading_line=$(grep -n '^STATUS=loading model' "$work/notify.log" | head -n 1 | cut -d: -f1)
+loading_line=$(grep -n '^STATUS=loading' "$work/notify.log" | head -n 1 | cut -d: -f1 || true)
 [[ -n $loading_line && $loading_line -lt $ready_line ]] || die "no STATUS=loading model ... before READY=1"
 log "READY=1 came after all $models model(s) loaded; notifications: $(tr '\n' '|' < "$work/notify.log")"
 

@@ -198,6 +198,11 @@ async fn start_and_serve(
     let auditor = Auditor::open(&config.audit)
         .await
         .map_err(StartupError::from)?;
+    let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
+    notifier.status(&match ids.as_slice() {
+        [one] => format!("loading model {one}"),
+        many => format!("loading {} models: {}", many.len(), many.join(", ")),
+    });
     let loaded = tokio::task::block_in_place(|| -> Result<Hardware, Failed> {
         backends::load()?;
         let hw = Hardware::detect(&config)?;

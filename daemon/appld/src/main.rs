@@ -203,7 +203,7 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         };
         notifier.status("binding sockets");
         let listeners = Listeners::bind(&config).await?;
-        notifier.status("opening the audit log and loading models");
+        notifier.status("opening the audit log");
         let opts = RunOptions {
             reload: Some(reload),
             notifier: Arc::clone(&notifier),
