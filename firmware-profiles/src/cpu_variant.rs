@@ -203,6 +203,9 @@ pub enum AmxPermission {
     Granted,
     /// The kernel refused, with its error.
     Refused(String),
+    /// The kernel granted it, but a tile instruction tried in a child process faulted (as on
+    /// virtual machines that report AMX without running it): the AMX kernels would kill appld.
+    Faults(String),
 }
 
 /// The facts [`select`] decides on: what the CPU offers as the kernel reports it, and what the
@@ -245,7 +248,15 @@ impl CpuFacts {
             .all(|i| i.cpuinfo_flags().iter().all(|f| facts.flags.contains(*f)))
             && facts.xcr0.is_some_and(|x| x & XCR0_TILES == XCR0_TILES);
         if amx_offered {
-            facts.amx = os::request_amx();
+            facts.amx = match os::request_amx() {
+                // Flags, XCR0 and the kernel's word are not enough: some machines grant all
+                // three and still fault at the first tile instruction. Try one, in a child.
+                AmxPermission::Granted => match os::amx_trial() {
+                    Ok(()) => AmxPermission::Granted,
+                    Err(why) => AmxPermission::Faults(why),
+                },
+                other => other,
+            };
         }
         facts
     }
@@ -326,7 +337,9 @@ fn verdict(v: &Variant, facts: &CpuFacts, shipped: bool) -> Verdict {
             AmxPermission::NotAsked => {
                 return Verdict::AmxRefused("AMX permission was not requested".into())
             }
-            AmxPermission::Refused(e) => return Verdict::AmxRefused(e.clone()),
+            AmxPermission::Refused(e) | AmxPermission::Faults(e) => {
+                return Verdict::AmxRefused(e.clone())
+            }
         }
     }
     if shipped {
@@ -348,6 +361,15 @@ fn state_name(bits: u64) -> &'static str {
 
 /// Picks the variant to load: the highest ggml score among the `shipped` variant names that run
 /// here. With `forced`, that variant or none: a forced variant that cannot run is not loaded.
+/// Whether a variant runs llama.cpp's AMX kernels. These are never chosen unless
+/// `APPL_CPU_VARIANT` names them: on a KVM guest that reports AMX, enables its register state,
+/// grants the permission and runs a tile instruction in a trial, llama.cpp's AMX matmul still
+/// died with SIGILL at `tilezero` (appld's install test, 2026-11-30), so no check made before
+/// loading can promise they are safe.
+pub fn uses_amx(name: &str) -> bool {
+    variant(name).is_some_and(|v| v.isas.iter().any(|i| i.needs_amx_permission()))
+}
+
 pub fn select(facts: &CpuFacts, shipped: &[String], forced: Option<&str>) -> Selection {
     let mut candidates: Vec<Candidate> = X86_VARIANTS
         .iter()
@@ -365,7 +387,12 @@ pub fn select(facts: &CpuFacts, shipped: &[String], forced: Option<&str>) -> Sel
             .filter(runs)
             .find(|c| c.variant == name)
             .map(|c| c.variant),
-        None => candidates.iter().find(runs).map(|c| c.variant),
+        // AMX only when the operator names it (see `uses_amx`).
+        None => candidates
+            .iter()
+            .filter(runs)
+            .find(|c| !uses_amx(c.variant))
+            .map(|c| c.variant),
     };
     Selection {
         chosen,
@@ -421,8 +448,19 @@ impl Selection {
         self.candidates
             .iter()
             .filter(|c| c.score > floor)
-            .filter(|c| !matches!(c.verdict, Verdict::MissingFlags(_) | Verdict::Runs))
-            .map(|c| format!("{}: {}", c.variant, c.verdict.describe()))
+            .filter(|c| match c.verdict {
+                Verdict::MissingFlags(_) => false,
+                Verdict::Runs => uses_amx(c.variant),
+                _ => true,
+            })
+            .map(|c| match c.verdict {
+                Verdict::Runs => format!(
+                    "{}: runs here, but its AMX kernels are loaded only when APPL_CPU_VARIANT names it \
+                     (llama.cpp's AMX matmul has died with SIGILL on machines that pass every check)",
+                    c.variant
+                ),
+                _ => format!("{}: {}", c.variant, c.verdict.describe()),
+            })
             .collect()
     }
 }
@@ -436,7 +474,7 @@ impl Verdict {
             Verdict::MissingFlags(f) => format!("the CPU lacks {}", f.join(", ")),
             Verdict::StateNotEnabled(why) => why.clone(),
             Verdict::AmxRefused(why) => format!(
-                "the kernel did not grant this process AMX ({why}); its tile instructions would die with SIGILL"
+                "AMX cannot be used here ({why}); its tile instructions would die with SIGILL"
             ),
         }
     }
@@ -513,6 +551,72 @@ mod os {
             ))
         }
     }
+
+    /// Runs `ldtilecfg`, `tilezero` and `tilerelease` in a forked child (which inherits the
+    /// AMX permission) and says whether it survived. A fault kills only the child.
+    pub fn amx_trial() -> Result<(), String> {
+        // Palette 1 with all eight tiles at 16 rows of 64 bytes, as llama.cpp's AMX kernels
+        // configure them: a machine may run tmm0 and still fault on a higher tile.
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t] = 64;
+            cfg[48 + t] = 16;
+        }
+        // SAFETY: fork() in a process that may have other threads: the child runs only the three
+        // instructions (no allocation, no locks) and then _exit(), which is async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!(
+                "cannot fork to try an AMX instruction: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if pid == 0 {
+            // SAFETY: the encodings of `ldtilecfg [rdi]` (VEX.128.NP.0F38.W0 49 /0),
+            // `tilezero tmm0`..`tmm7` (VEX.128.F2.0F38.W0 49 C0+8n) and `tilerelease`
+            // (VEX.128.NP.0F38.W0 49 C0). `rdi` points at the 64-byte configuration above, which ldtilecfg only
+            // reads; the tile state is released before the child exits. If the CPU does not run
+            // them, the child dies of SIGILL, which is what the parent is asking.
+            unsafe {
+                std::arch::asm!(
+                    ".byte 0xc4, 0xe2, 0x78, 0x49, 0x07",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc0",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc8",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xd0",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xd8",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xe0",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xe8",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xf0",
+                    ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xf8",
+                    ".byte 0xc4, 0xe2, 0x78, 0x49, 0xc0",
+                    in("rdi") cfg.as_ptr(),
+                    options(readonly, nostack, preserves_flags),
+                );
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above; `status` is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if waited != pid {
+            return Err(format!(
+                "cannot wait for the AMX trial: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            Ok(())
+        } else if libc::WIFSIGNALED(status) {
+            Err(format!(
+                "the kernel granted AMX, but a tile instruction (tilezero) tried in a child process \
+                 died of signal {}: this machine reports AMX without running it",
+                libc::WTERMSIG(status)
+            ))
+        } else {
+            Err(format!("the AMX trial ended with status {status:#x}"))
+        }
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -525,5 +629,9 @@ mod os {
 
     pub fn request_amx() -> AmxPermission {
         AmxPermission::NotAsked
+    }
+
+    pub fn amx_trial() -> Result<(), String> {
+        Err("AMX is tried only on Linux on x86-64".into())
     }
 }

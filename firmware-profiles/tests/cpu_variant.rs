@@ -60,13 +60,31 @@ fn check(c: Case) {
 fn picks_the_best_variant_the_cpu_and_kernel_allow() {
     let cases = vec![
         Case {
-            what: "this VM with AMX granted: the AMX variant",
+            what: "this VM with AMX granted: still the best variant without AMX",
             cpuinfo: XEON_VM,
             xcr0: Some(XEON_VM_XCR0),
             amx: AmxPermission::Granted,
             shipped: all_shipped(),
             forced: None,
+            want: Some("zen4"),
+        },
+        Case {
+            what: "AMX granted and named by the operator: the AMX variant",
+            cpuinfo: XEON_VM,
+            xcr0: Some(XEON_VM_XCR0),
+            amx: AmxPermission::Granted,
+            shipped: all_shipped(),
+            forced: Some("sapphirerapids"),
             want: Some("sapphirerapids"),
+        },
+        Case {
+            what: "AMX granted but the tile trial faulted: not even when forced",
+            cpuinfo: XEON_VM,
+            xcr0: Some(XEON_VM_XCR0),
+            amx: AmxPermission::Faults("tilezero died of signal 4".into()),
+            shipped: all_shipped(),
+            forced: Some("sapphirerapids"),
+            want: None,
         },
         Case {
             what: "this VM with AMX refused: the best AVX-512 variant without AMX",
@@ -256,11 +274,11 @@ fn the_report_names_why_better_variants_were_skipped() {
     );
     let skipped = sel.skipped_better();
     assert!(
-        skipped.iter().any(
-            |s| s.starts_with("sapphirerapids: the kernel did not grant")
+        skipped
+            .iter()
+            .any(|s| s.starts_with("sapphirerapids: AMX cannot be used here")
                 && s.contains("Operation not permitted")
-                && s.contains("SIGILL")
-        ),
+                && s.contains("SIGILL")),
         "{skipped:?}"
     );
     assert!(
@@ -331,4 +349,18 @@ fn the_live_probe_reads_this_machine() {
     // Whatever the machine, the choice among everything is something that runs here.
     let sel = select(&facts, &all_shipped(), None);
     assert!(sel.chosen.is_some(), "{}", sel.summary());
+}
+
+#[test]
+fn amx_that_runs_is_skipped_unless_named_and_the_report_says_so() {
+    let facts = CpuFacts::from_cpuinfo(XEON_VM, Some(XEON_VM_XCR0), AmxPermission::Granted);
+    let sel = select(&facts, &all_shipped(), None);
+    assert_eq!(sel.chosen, Some("zen4"), "{}", sel.summary());
+    let skipped = sel.skipped_better();
+    assert!(
+        skipped.iter().any(|s| s.starts_with(
+            "sapphirerapids: runs here, but its AMX kernels are loaded only when APPL_CPU_VARIANT names it"
+        )),
+        "{skipped:?}"
+    );
 }
