@@ -109,7 +109,7 @@ pub struct KeyIdentity {
 }
 
 /// Everything identity resolution reads, built from one config; replaced whole on SIGHUP.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuthTable {
     by_cn: HashMap<String, CertIdentity>,
     by_san: HashMap<String, CertIdentity>,
@@ -126,6 +126,14 @@ pub struct AuthTable {
     pub anonymous_tenant: String,
     /// `tls.client_certs = "required"` (and TLS is on).
     pub certs_required: bool,
+}
+
+/// The table of a config without `[auth]`, identities or keys: Unix peers get the default
+/// tenant and roles, never an empty tenant (found by the `request_validation` fuzz target).
+impl Default for AuthTable {
+    fn default() -> Self {
+        Self::new(&AuthSettings::default(), &[], &[], &[])
+    }
 }
 
 impl AuthTable {
@@ -153,7 +161,10 @@ impl AuthTable {
             anonymous_roles: auth.anonymous_roles.iter().copied().collect(),
             anonymous_tenant: auth.anonymous_tenant.clone(),
             tenants: tenants.iter().map(|t| t.name.clone()).collect(),
-            ..Default::default()
+            by_cn: HashMap::new(),
+            by_san: HashMap::new(),
+            keys: HashMap::new(),
+            certs_required: false,
         };
         for i in identities {
             let id = CertIdentity {
