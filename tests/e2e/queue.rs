@@ -380,6 +380,72 @@ async fn a_preempted_batch_request_produces_the_same_greedy_output() {
 }
 
 #[tokio::test]
+async fn batch_steps_cut_short_for_interactive_arrivals_leave_the_batch_output_unchanged() {
+    // Three slots, two batch streams: an interactive arrival finds a free slot, so what it
+    // changes for the batch streams is only the cut step, put back and decoded again.
+    let d = Daemon::start_with(Opts {
+        slots: 3,
+        extra_config: "[queue]\nprefix_reuse_min_tokens = 0\n".into(),
+        ..Opts::default()
+    });
+    let mut c = d.inference().await;
+    let prompts = [
+        "Write a detailed story about a lighthouse keeper.",
+        "Explain, step by step, how a river carves a canyon.",
+    ];
+    let mut references = Vec::new();
+    for p in prompts {
+        let r = c
+            .generate(prio(greedy(p, 48), pb::Priority::Batch))
+            .await
+            .expect("reference")
+            .into_inner();
+        references.push(r.token_ids);
+    }
+    let before = d.metric(&format!("appl_engine_steps_interrupted_total{{{MODEL}}}"));
+    let mut batch = Vec::new();
+    for p in prompts {
+        let s = c
+            .generate_stream(prio(greedy(p, 48), pb::Priority::Batch))
+            .await
+            .expect("batch")
+            .into_inner();
+        batch.push(tokio::spawn(collect(s)));
+    }
+    wait_for(&d, "both batch streams generating", |s| {
+        s.busy_slots == 2 && s.paused == 0
+    })
+    .await;
+    let mut cuts = 0.0;
+    for _ in 0..6 {
+        let r = c
+            .generate(prio(greedy("Hello", 2), pb::Priority::Interactive))
+            .await
+            .expect("interactive")
+            .into_inner();
+        assert!(!r.token_ids.is_empty());
+        cuts = d.metric(&format!("appl_engine_steps_interrupted_total{{{MODEL}}}")) - before;
+        if cuts >= 2.0 {
+            break;
+        }
+    }
+    for (task, want) in batch.into_iter().zip(&references) {
+        let (_, ids, last) = task.await.expect("task");
+        assert_eq!(&ids, want, "same tokens after the cut steps");
+        assert_eq!(
+            last.usage.expect("usage").preemptions,
+            0,
+            "nothing was paused"
+        );
+    }
+    assert!(cuts >= 1.0, "no step was cut short ({cuts})");
+    // llama.cpp reports each aborted decode as an error; those reports are not logged.
+    let logs = d.logs.lock().expect("log lock").join("\n");
+    assert!(!logs.contains("failed to decode"), "{logs}");
+    assert!(!logs.contains("removing memory module entries"), "{logs}");
+}
+
+#[tokio::test]
 async fn a_shared_prompt_prefix_is_served_from_cached_kv() {
     let d = Daemon::start_with(Opts {
         slots: 1,

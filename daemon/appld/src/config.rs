@@ -89,6 +89,10 @@ pub struct QueueConfig {
     /// Reuse an idle slot's cached KV for a prompt that shares at least this many leading
     /// tokens with it; 0 disables.
     pub prefix_reuse_min_tokens: u32,
+    /// Cut a step of batch work short when an interactive request arrives during it, so the
+    /// interactive request does not wait for the step to end; the batch tokens are decoded
+    /// again in a later step.
+    pub interrupt_batch_steps: bool,
 }
 
 impl Default for QueueConfig {
@@ -98,6 +102,7 @@ impl Default for QueueConfig {
             batch_max_wait_ms: d.batch_max_wait.as_millis() as u64,
             preemption: d.preemption,
             prefix_reuse_min_tokens: d.prefix_reuse_min_tokens,
+            interrupt_batch_steps: d.interrupt_batch_steps,
         }
     }
 }
@@ -108,6 +113,7 @@ impl QueueConfig {
             batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
             preemption: self.preemption,
             prefix_reuse_min_tokens: self.prefix_reuse_min_tokens,
+            interrupt_batch_steps: self.interrupt_batch_steps,
         }
     }
 }
@@ -197,7 +203,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            filter: "info,llama.cpp=warn,ggml=warn".to_owned(),
+            filter: "info,llama-cpp-2=warn".to_owned(),
         }
     }
 }

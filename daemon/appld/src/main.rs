@@ -100,14 +100,24 @@ fn generate(what: Generate) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // When an engine cuts a batch step short for an interactive request, llama.cpp reports the
+    // aborted decode as an error and lists the positions it removed: expected, and not logged.
+    let expected = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target() == "llama-cpp-2" && appl_engine::step_cut_on_purpose())
+    });
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(expected))
+            .init(),
+        LogFormat::Text => registry.with(layer.with_filter(expected)).init(),
     }
 }
 

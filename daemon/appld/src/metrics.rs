@@ -243,7 +243,7 @@ fn engine_families(f: &mut Families<'_, '_>, state: &AppState) -> fmt::Result {
         "Requests waiting in the engine's queue, by class.",
         &depth,
     )?;
-    let counters: [(&str, &str, Field); 7] = [
+    let counters: [(&str, &str, Field); 8] = [
         ("appl_tokens_generated_total", "Tokens generated.", |s| {
             s.tokens_generated
         }),
@@ -261,6 +261,11 @@ fn engine_families(f: &mut Families<'_, '_>, state: &AppState) -> fmt::Result {
             "appl_preemptions_total",
             "Batch sequences paused for interactive work.",
             |s| s.preemptions,
+        ),
+        (
+            "appl_engine_steps_interrupted_total",
+            "Batch-only engine steps cut short for an interactive arrival.",
+            |s| s.steps_interrupted,
         ),
         (
             "appl_engine_steps_total",

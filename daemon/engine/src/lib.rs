@@ -25,6 +25,10 @@ mod text;
 mod thread;
 mod worker;
 
+/// Whether the calling thread is inside a step its engine cut short on purpose (see the
+/// engine's interrupt module): llama.cpp's messages about that decode are expected, not errors.
+pub use worker::cutting as step_cut_on_purpose;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -124,6 +128,9 @@ pub struct QueuePolicy {
     /// Reuse an idle slot's cached KV when a prompt shares at least this many leading tokens
     /// with it; 0 disables prefix reuse.
     pub prefix_reuse_min_tokens: u32,
+    /// Cut a batch-only step short when an interactive request arrives during it; the batch
+    /// rows run again in a later step (see `worker::interrupt`).
+    pub interrupt_batch_steps: bool,
 }
 
 impl Default for QueuePolicy {
@@ -132,6 +139,7 @@ impl Default for QueuePolicy {
             batch_max_wait: Duration::from_secs(10),
             preemption: true,
             prefix_reuse_min_tokens: 16,
+            interrupt_batch_steps: true,
         }
     }
 }
@@ -235,6 +243,8 @@ pub struct EngineStats {
     /// Batch sequences paused right now.
     pub paused: AtomicU32,
     pub preemptions: AtomicU64,
+    /// Batch-only steps cut short for an interactive arrival.
+    pub steps_interrupted: AtomicU64,
     pub tokens_prefix_reused: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     /// Requests whose deadline passed while they waited.
@@ -248,6 +258,8 @@ pub struct EngineStats {
     /// When the engine loop last went round, in milliseconds since the engine started: the
     /// heartbeat a watchdog reads ([`EngineHandle::heartbeat`]).
     pub heartbeat_ms: AtomicU64,
+    /// Interactive arrivals, for cutting a batch step short.
+    pub(crate) interrupt: worker::Interrupt,
 }
 
 impl Default for EngineStats {
@@ -264,6 +276,7 @@ impl Default for EngineStats {
             queued_batch: AtomicU32::new(0),
             paused: AtomicU32::new(0),
             preemptions: AtomicU64::new(0),
+            steps_interrupted: AtomicU64::new(0),
             tokens_prefix_reused: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             expired_in_queue: AtomicU64::new(0),
@@ -271,6 +284,7 @@ impl Default for EngineStats {
             inter_token: Histogram::new(metrics::LATENCY_BOUNDS),
             batch_sequences: Histogram::new(metrics::BATCH_BOUNDS),
             heartbeat_ms: AtomicU64::new(0),
+            interrupt: worker::Interrupt::default(),
         }
     }
 }
@@ -289,6 +303,7 @@ pub struct StatsSnapshot {
     pub queued_batch: u32,
     pub paused: u32,
     pub preemptions: u64,
+    pub steps_interrupted: u64,
     pub tokens_prefix_reused: u64,
     pub rejected_queue_full: u64,
     pub expired_in_queue: u64,
@@ -311,6 +326,7 @@ impl EngineStats {
             queued_batch: self.queued_batch.load(Ordering::Relaxed),
             paused: self.paused.load(Ordering::Relaxed),
             preemptions: self.preemptions.load(Ordering::Relaxed),
+            steps_interrupted: self.steps_interrupted.load(Ordering::Relaxed),
             tokens_prefix_reused: self.tokens_prefix_reused.load(Ordering::Relaxed),
             rejected_queue_full: self.rejected_queue_full.load(Ordering::Relaxed),
             expired_in_queue: self.expired_in_queue.load(Ordering::Relaxed),
@@ -530,10 +546,16 @@ impl EngineHandle {
                 capacity,
             });
         }
+        let interactive = job.priority == Priority::Interactive;
         self.inner.tx.send(Msg::Job(Box::new(job))).map_err(|_| {
             queued.fetch_sub(1, Ordering::AcqRel);
             EngineError::Stopped(self.inner.spec.id.clone())
-        })
+        })?;
+        // After the send: the engine may cut its step only for a job it can already take.
+        if interactive {
+            self.inner.stats.interrupt.interactive_sent();
+        }
+        Ok(())
     }
 }
 

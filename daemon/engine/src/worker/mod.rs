@@ -1,8 +1,12 @@
 //! The engine thread: its loop, and the scheduling of requests into slots (queue, pause and
 //! resume, prefix reuse, ends). One step of the batch is `step.rs`.
 
+mod interrupt;
 mod prefix;
 mod step;
+
+pub use interrupt::cutting;
+pub(crate) use interrupt::Interrupt;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -79,6 +83,10 @@ struct Engine<'m> {
     batch: LlamaBatch<'static>,
     /// Scratch space reused every step, so the loop does not allocate.
     in_batch: Vec<bool>,
+    /// What each slot put into the batch now being built, to put it back if the step is cut.
+    rows: Vec<step::Row>,
+    /// Whether batch-only steps may be cut short for interactive arrivals.
+    interruptible: bool,
     gone: Vec<(Job, Claim)>,
     running: Vec<Running>,
     /// The base of the heartbeat.
@@ -99,7 +107,7 @@ pub(crate) fn run(
     ready: &mpsc::Sender<Result<(), EngineError>>,
 ) {
     let d = &spec.deployment;
-    let ctx = match model.new_context(backend, context_params(d, spec.threads)) {
+    let mut ctx = match model.new_context(backend, context_params(d, spec.threads)) {
         Ok(ctx) => ctx,
         Err(_) => {
             let _ = ready.send(Err(EngineError::Context {
@@ -109,6 +117,14 @@ pub(crate) fn run(
             return;
         }
     };
+    let interruptible = spec.queue.interrupt_batch_steps
+        && {
+            let ok = interrupt::install(&mut ctx, &stats.interrupt);
+            if !ok {
+                warn!(target: "engine", model = %spec.id, "cannot register llama.cpp's abort callback with this llama-cpp-2; interactive requests wait for the batch step in flight");
+            }
+            ok
+        };
     let batch_capacity = d.n_batch as usize;
     let n = d.slots as usize;
     let mut engine = Engine {
@@ -122,6 +138,8 @@ pub(crate) fn run(
         paused: VecDeque::new(),
         batch: LlamaBatch::new(batch_capacity, 1),
         in_batch: vec![false; n],
+        rows: vec![step::Row::None; n],
+        interruptible,
         gone: Vec::new(),
         running: Vec::with_capacity(n),
         started,
@@ -226,6 +244,9 @@ impl Engine<'_> {
     }
 
     fn enqueue(&mut self, job: Job) {
+        if job.priority == Priority::Interactive {
+            self.stats.interrupt.interactive_taken();
+        }
         let claim = claim_of(&job);
         self.waiting.push(job, claim);
     }

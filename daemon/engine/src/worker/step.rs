@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use llama_cpp_2::token::LlamaToken;
-use tracing::warn;
+use llama_cpp_2::DecodeError;
+use tracing::{debug, warn};
 
 use super::prefix::prefilling;
 use super::{seq, Engine};
@@ -33,6 +34,19 @@ pub(super) const FA_TILE_ROWS: usize = 64;
 fn two_calls(decoding: usize, prefill: usize) -> bool {
     decoding > 0 && prefill > 0 && decoding + prefill >= FA_TILE_ROWS
 }
+
+/// What a slot put into the batch being built: what to undo if llama.cpp's step is cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Row {
+    None,
+    /// Its pending token (decoded at the slot's position before this step).
+    Decode(LlamaToken),
+    /// This many prompt tokens.
+    Prefill(usize),
+}
+
+/// What `llama_decode` returns when the abort callback stopped it.
+const DECODE_ABORTED: i32 = 2;
 
 /// What one step put into its batches.
 #[derive(Debug, Default, Clone, Copy)]
@@ -113,6 +127,7 @@ impl Engine<'_> {
             a.history.push(token.0);
             filled.sequences += 1;
             self.in_batch[i] = true;
+            self.rows[i] = Row::Decode(token);
         }
         filled
     }
@@ -153,14 +168,21 @@ impl Engine<'_> {
             filled.prefill_tokens += take as u64;
             filled.sequences += 1;
             self.in_batch[i] = true;
+            self.rows[i] = Row::Prefill(take);
         }
         filled
     }
 
     /// Runs the batch through llama.cpp and samples every slot that asked for logits in it.
     /// Returns false when llama_decode failed (the requests in the batch are finished with an
-    /// error).
+    /// error) or was cut short for an interactive arrival (the batch is put back).
     fn decode_and_sample(&mut self, filled: Filled) -> bool {
+        let ok = self.decode_rows(filled);
+        self.rows.iter_mut().for_each(|r| *r = Row::None);
+        ok
+    }
+
+    fn decode_rows(&mut self, filled: Filled) -> bool {
         if self.batch.n_tokens() == 0 {
             return true;
         }
@@ -174,7 +196,16 @@ impl Engine<'_> {
             .tokens_prefilled
             .fetch_add(filled.prefill_tokens, Ordering::Relaxed);
 
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        let cuttable = self.cuttable();
+        self.stats.interrupt.arm(cuttable);
+        let result = self.ctx.decode(&mut self.batch);
+        self.stats.interrupt.arm(false);
+        if cuttable && result == Err(DecodeError::Unknown(DECODE_ABORTED)) {
+            self.put_back(filled);
+            super::interrupt::cut_handled();
+            return false;
+        }
+        if let Err(e) = result {
             warn!(target: "engine", model = %self.spec.id, error = %e, "llama_decode failed; failing the requests in this step");
             for i in 0..self.in_batch.len() {
                 if self.in_batch[i] {
@@ -245,6 +276,52 @@ impl Engine<'_> {
         } else {
             a.next = Some(token);
         }
+    }
+
+    /// Whether the batch now built may be cut short: interrupts are on, no row is interactive,
+    /// llama.cpp runs it as one micro-batch (it undoes only the last one), and an interactive
+    /// arrival could be served at once (a slot is free or can be freed by a pause).
+    fn cuttable(&self) -> bool {
+        if !self.interruptible
+            || self.batch.n_tokens() as u32 > self.spec.deployment.n_ubatch
+            || !(self.spec.queue.preemption || self.slots.iter().any(Option::is_none))
+        {
+            return false;
+        }
+        self.slots.iter().zip(&self.rows).all(|(slot, row)| {
+            *row == Row::None
+                || slot
+                    .as_ref()
+                    .is_some_and(|a| a.claim.priority == Priority::Batch)
+        })
+    }
+
+    /// Undoes what the cut step put in: each slot of the batch is again exactly as before it
+    /// (llama.cpp has already removed the step's positions from the KV cache).
+    fn put_back(&mut self, filled: Filled) {
+        for (slot, row) in self.slots.iter_mut().zip(&self.rows) {
+            let Some(a) = slot else { continue };
+            match *row {
+                Row::None => continue,
+                Row::Decode(token) => {
+                    a.n_past -= 1;
+                    a.history.pop();
+                    a.next = Some(token);
+                }
+                Row::Prefill(k) => {
+                    a.n_past -= i32::try_from(k).unwrap_or(i32::MAX);
+                    a.history.truncate(a.history.len() - k);
+                    a.prefilled -= k;
+                }
+            }
+            a.logits_at = None;
+        }
+        let stats = self.stats;
+        stats
+            .tokens_prefilled
+            .fetch_sub(filled.prefill_tokens, Ordering::Relaxed);
+        stats.steps_interrupted.fetch_add(1, Ordering::Relaxed);
+        debug!(target: "queue", model = %self.spec.id, sequences = filled.sequences, "batch step cut short for an interactive arrival");
     }
 
     /// Tokens one step may carry.
