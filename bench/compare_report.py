@@ -125,13 +125,18 @@ def ttft_table(res, kind):
 
 def interactive_table(res):
     rows = [
-        "| server | idle TTFT p50 ms | TTFT p50 with 8 batch streams ms | loaded ÷ idle |",
-        "|---|---:|---:|---:|",
+        "| server | probes | idle TTFT p50 ms | loaded TTFT p50 ms | loaded p90 ms | loaded ÷ idle (p50) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for s in present(res):
         idle = get(res, s, "interactive-idle", "ttft_ms", "p50")
         loaded = get(res, s, "interactive-loaded", "ttft_ms", "p50")
-        rows.append(f"| {NAMES[s]} | {fmt(idle, 0)} | {fmt(loaded, 0)} | **{fmt(ratio(loaded, idle), 2)}** |")
+        p90 = get(res, s, "interactive-loaded", "ttft_ms", "p90")
+        n = get(res, s, "interactive-loaded", "sent")
+        rows.append(
+            f"| {NAMES[s]} | {n if n is not None else '—'} | {fmt(idle, 0)} | {fmt(loaded, 0)} | "
+            f"{fmt(p90, 0)} | **{fmt(ratio(loaded, idle), 2)}** |"
+        )
     return "\n".join(rows)
 
 
