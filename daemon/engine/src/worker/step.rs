@@ -316,6 +316,23 @@ impl Engine<'_> {
             }
             a.logits_at = None;
         }
+        // llama.cpp has removed the aborted micro-batch's positions. Should it have run the batch
+        // as more than one (a cache that falls back to splitting by sequence), the earlier ones
+        // stay: drop everything past each slot's restored position, so the cache matches it.
+        for i in 0..self.slots.len() {
+            let Some(a) = &self.slots[i] else { continue };
+            if self.rows[i] == Row::None {
+                continue;
+            }
+            let from = u32::try_from(a.n_past).unwrap_or(0);
+            if self
+                .ctx
+                .clear_kv_cache_seq(Some(seq(i) as u32), Some(from), None)
+                .is_err()
+            {
+                warn!(target: "engine", slot = i, "could not trim the slot's KV cache after a cut step");
+            }
+        }
         let stats = self.stats;
         stats
             .tokens_prefilled
