@@ -200,9 +200,11 @@ impl Engine<'_> {
         self.stats.interrupt.arm(cuttable);
         let result = self.ctx.decode(&mut self.batch);
         self.stats.interrupt.arm(false);
+        // Whatever llama_decode returned, its messages have been logged: later ones are not part
+        // of a cut.
+        super::interrupt::cut_handled();
         if cuttable && result == Err(DecodeError::Unknown(DECODE_ABORTED)) {
             self.put_back(filled);
-            super::interrupt::cut_handled();
             return false;
         }
         if let Err(e) = result {
