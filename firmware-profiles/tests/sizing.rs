@@ -474,7 +474,7 @@ fn gpu_layers_parses() {
 }
 
 /// The estimate sizes the context the engine creates: the n_ctx of `engine_deployment` (padded
-/// by llama.cpp to 256 cells), in one unified KV pool, for every slot.
+/// by llama.cpp to 256 cells), as one KV stream per slot of at least `ctx_per_slot` cells.
 #[test]
 fn the_estimate_sizes_the_context_the_engine_creates() {
     let info = model(Quant::Q4KM, false);
@@ -485,12 +485,15 @@ fn the_estimate_sizes_the_context_the_engine_creates() {
             batch_tokens,
         });
         let est = estimate(&info, &dep);
+        let padded = u64::from(dep.n_ctx()).div_ceil(256) * 256;
+        let per_stream = (padded / u64::from(slots)).div_ceil(256) * 256;
+        assert_eq!(est.n_ctx, per_stream * u64::from(slots), "{dep:?}");
+        assert!(per_stream >= u64::from(ctx_per_slot), "{dep:?}");
         assert_eq!(
-            est.n_ctx,
-            u64::from(dep.n_ctx()).div_ceil(256) * 256,
-            "{dep:?}"
+            est.kv_streams,
+            u64::from(slots),
+            "one KV stream per slot: {dep:?}"
         );
-        assert_eq!(est.kv_streams, 1, "one unified KV pool: {dep:?}");
         assert_eq!(est.slots, slots);
     }
 }

@@ -88,7 +88,11 @@ pub const MAX_UBATCH: u32 = 512;
 /// - KV cache f16, flash attention on;
 /// - `swa_full`: full-size sliding-window caches, so a finished slot's prefix can be reused
 ///   and a paused sequence's state saved whole;
-/// - `kv_unified`: one KV pool for all slots, so sequences can share cells (prefix reuse).
+/// - one KV stream per slot (`kv_unified` off), as llama-server runs: each sequence's attention
+///   reads only its own cells. In one unified pool, ggml's CPU flash attention scans the mask of
+///   every cell in use for every query row, and at 8–16 streams of 1k-token prompts that scan
+///   cost 4–30% of the throughput (bench/RESULTS.md). Prefix reuse copies a stream instead of
+///   sharing cells.
 pub fn engine_deployment(settings: &ModelSettings) -> Deployment {
     let n_batch = settings.batch_tokens.max(settings.slots);
     Deployment {
@@ -99,7 +103,7 @@ pub fn engine_deployment(settings: &ModelSettings) -> Deployment {
         kv_type: KvType::F16,
         flash_attn: true,
         swa_full: true,
-        kv_unified: true,
+        kv_unified: false,
     }
 }
 
@@ -133,7 +137,7 @@ mod tests {
                 kv_type: KvType::F16,
                 flash_attn: true,
                 swa_full: true,
-                kv_unified: true,
+                kv_unified: false,
             };
             assert_eq!(d, want, "{s:?}");
             assert_eq!(d.n_ctx(), n_ctx, "{s:?}");

@@ -85,6 +85,10 @@ struct Engine<'m> {
     in_batch: Vec<bool>,
     /// What each slot put into the batch now being built, to put it back if the step is cut.
     rows: Vec<step::Row>,
+    /// Per slot, whether its KV stream was seeded by a copy that llama.cpp has not made yet: it
+    /// copies streams at the start of the next `llama_decode`, so until then the slot's cells
+    /// have positions but not data, and saving its state would save garbage.
+    copy_pending: Vec<bool>,
     /// Whether batch-only steps may be cut short for interactive arrivals.
     interruptible: bool,
     gone: Vec<(Job, Claim)>,
@@ -139,6 +143,7 @@ pub(crate) fn run(
         batch: LlamaBatch::new(batch_capacity, 1),
         in_batch: vec![false; n],
         rows: vec![step::Row::None; n],
+        copy_pending: vec![false; n],
         interruptible,
         gone: Vec::new(),
         running: Vec::with_capacity(n),
@@ -153,6 +158,7 @@ pub(crate) fn run(
         n_batch = d.n_batch,
         n_ubatch = d.n_ubatch,
         flash_attn = d.flash_attn,
+        kv_unified = d.kv_unified,
         threads = spec.threads,
         preemption = spec.queue.preemption,
         batch_max_wait_ms = spec.queue.batch_max_wait.as_millis() as u64,
@@ -345,6 +351,12 @@ impl Engine<'_> {
     /// Swaps a slot's KV state to host memory and frees the slot. The sampler, the text streamer
     /// and the pending token stay with the request, so it resumes exactly where it stopped.
     fn pause(&mut self, i: usize, now: Instant) {
+        if self.copy_pending[i] {
+            // Its cells are not written yet; the next step makes the copy and a later check
+            // pauses it then.
+            debug!(target: "queue", slot = i, "not pausing a slot whose seeded prefix is not copied yet");
+            return;
+        }
         let state = match self.ctx.state_seq_get(seq(i), LlamaStateSeqFlags::empty()) {
             Ok(s) => s,
             Err(e) => {
@@ -377,15 +389,23 @@ impl Engine<'_> {
         }
     }
 
-    /// A free slot for new work: one that caches nothing if there is one, else any free slot
-    /// (its cache is dropped).
+    /// A free slot for new work (its cache, if any, is dropped). With one KV stream per slot,
+    /// llama.cpp splits a step into one micro-batch per run of consecutive busy slots, and each
+    /// micro-batch reads all the weights again: so the slot that keeps the busy slots in the
+    /// fewest runs wins, then one that caches nothing (idle caches live longer for prefix
+    /// reuse), then the lowest index.
     fn free_slot(&mut self) -> Option<usize> {
-        let i = self
-            .slots
-            .iter()
-            .zip(&self.cached)
-            .position(|(s, c)| s.is_none() && c.is_empty())
-            .or_else(|| self.slots.iter().position(Option::is_none))?;
+        let busy = |j: Option<usize>| {
+            j.and_then(|j| self.slots.get(j))
+                .is_some_and(Option::is_some)
+        };
+        let i = (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_none())
+            .min_by_key(|&i| {
+                let neighbours =
+                    usize::from(busy(i.checked_sub(1))) + usize::from(busy(Some(i + 1)));
+                (2 - neighbours, !self.cached[i].is_empty(), i)
+            })?;
         if !self.cached[i].is_empty() {
             self.clear_slot_kv(i);
         }

@@ -1,9 +1,10 @@
 //! Prefix sharing: a new prompt that begins with tokens another slot already holds in the KV
 //! cache, or is about to, does not prefill them again.
 //!
-//! All slots live in one unified KV cache, where `llama_memory_seq_cp` adds a sequence id to
-//! existing cells instead of copying them. So a request placed in a free slot is *seeded* from
-//! the slot whose cached or live tokens share the longest prefix with its prompt. When that
+//! A request placed in a free slot is *seeded* from the slot whose cached or live tokens share
+//! the longest prefix with its prompt: llama.cpp copies that slot's KV stream into the new
+//! slot's, and the copy is cut to the shared prefix (a unified cache would share the cells
+//! instead; see `seed`). When that
 //! prefix is still being prefilled by another request (a burst of requests behind one long
 //! system prompt), the newcomer *follows* it: it waits, without prefilling, until the leader's
 //! prefill has passed the shared part, and is seeded then. The prefix is prefilled once, not
@@ -68,19 +69,28 @@ impl Engine<'_> {
             .max_by_key(|l| l.tokens)
     }
 
-    /// Shares positions `[0, n)` of `donor`'s sequence with slot `i`'s (which holds nothing),
-    /// and marks them prefilled.
+    /// Gives slot `i` (which holds nothing) positions `[0, n)` of `donor`'s sequence, and marks
+    /// them prefilled. In a unified cache the cells are shared; with one stream per slot,
+    /// llama.cpp copies the donor's whole stream (it copies only whole streams) at the start of
+    /// the next `llama_decode`, and the copy is trimmed to the shared prefix here.
     fn seed(&mut self, i: usize, donor: usize, n: usize) -> bool {
         let Ok(end) = u32::try_from(n) else {
             return false;
         };
-        if let Err(e) = self
-            .ctx
-            .kv_cache_seq_cp(seq(donor), seq(i), Some(0), Some(end))
-        {
+        let copied = if self.spec.deployment.kv_unified {
+            self.ctx
+                .kv_cache_seq_cp(seq(donor), seq(i), Some(0), Some(end))
+        } else {
+            self.ctx
+                .kv_cache_seq_cp(seq(donor), seq(i), None, None)
+                .and_then(|()| self.ctx.kv_cache_seq_rm(seq(i), Some(end), None))
+        };
+        if let Err(e) = copied {
             warn!(target: "engine", slot = i, donor, error = %e, "could not share a cached prefix; prefilling it");
+            self.clear_slot_kv(i);
             return false;
         }
+        self.copy_pending[i] = !self.spec.deployment.kv_unified;
         let Some(a) = &mut self.slots[i] else {
             return false;
         };

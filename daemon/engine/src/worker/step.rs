@@ -3,14 +3,14 @@
 //!
 //! A step carries one decode token for every generating slot and prefill chunks up to the
 //! token budget. When both kinds are present and the batch is large, they go to llama.cpp in two
-//! calls, decode rows first. The reason is in ggml's CPU flash attention: a micro-batch of at
-//! least [`FA_TILE_ROWS`] rows is processed in tiles of that many query rows, and a tile reads
-//! the key/value cells of every sequence that has a row in it. In one unified KV cache, a tile
-//! that holds the decode rows of seven streams beside the first rows of an eighth stream's
-//! prompt attends over all eight streams' cells, for all of its rows. Measured on 8 streams with
-//! 1k-token prompts (bench/RESULTS.md, "Profile"), attention was a third of the engine's CPU
-//! time that way. Decode rows alone (fewer than a tile) take ggml's row-by-row path, which skips
-//! other sequences' cells cheaply, and a prompt chunk alone attends only over its own sequence.
+//! calls, decode rows first. With one KV stream per slot (the default) llama.cpp would split
+//! them into separate micro-batches anyway; two calls keep the decode rows one micro-batch that
+//! a cut step can undo. In a unified KV cache the split matters more, because of ggml's CPU
+//! flash attention: a micro-batch of at least [`FA_TILE_ROWS`] rows is processed in tiles of
+//! that many query rows, and a tile reads the key/value cells of every sequence that has a row
+//! in it, so a tile holding seven streams' decode rows beside an eighth stream's prompt attends
+//! over all eight streams' cells, for all of its rows (bench/RESULTS.md, "Reading the
+//! comparison").
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -200,6 +200,8 @@ impl Engine<'_> {
         self.stats.interrupt.arm(cuttable);
         let result = self.ctx.decode(&mut self.batch);
         self.stats.interrupt.arm(false);
+        // llama.cpp made every pending stream copy before its first micro-batch.
+        self.copy_pending.iter_mut().for_each(|p| *p = false);
         // Whatever llama_decode returned, its messages have been logged: later ones are not part
         // of a cut.
         super::interrupt::cut_handled();
