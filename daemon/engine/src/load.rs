@@ -78,8 +78,7 @@ pub(crate) fn context_params(d: &Deployment, threads: u32) -> LlamaContextParams
         .with_n_batch(d.n_batch)
         .with_n_ubatch(d.n_ubatch)
         .with_n_seq_max(d.slots)
-        // One KV pool for all slots: each slot is bounded by `ctx_per_slot` here, and a unified
-        // cache lets sequences share cells (prefix reuse).
+        // One KV stream per slot unless the deployment says otherwise (see `engine_deployment`).
         .with_kv_unified(d.kv_unified)
         // Full-size sliding-window caches: a slot's cached KV stays complete, so a finished
         // slot's prefix can be reused and a paused sequence's state saved whole.
