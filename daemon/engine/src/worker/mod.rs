@@ -389,23 +389,13 @@ impl Engine<'_> {
         }
     }
 
-    /// A free slot for new work (its cache, if any, is dropped). With one KV stream per slot,
-    /// llama.cpp splits a step into one micro-batch per run of consecutive busy slots, and each
-    /// micro-batch reads all the weights again: so the slot that keeps the busy slots in the
-    /// fewest runs wins, then one that caches nothing (idle caches live longer for prefix
-    /// reuse), then the lowest index.
+    /// A free slot for new work (its cache, if any, is dropped); see [`pick_free_slot`].
     fn free_slot(&mut self) -> Option<usize> {
-        let busy = |j: Option<usize>| {
-            j.and_then(|j| self.slots.get(j))
-                .is_some_and(Option::is_some)
-        };
-        let i = (0..self.slots.len())
-            .filter(|&i| self.slots[i].is_none())
-            .min_by_key(|&i| {
-                let neighbours =
-                    usize::from(busy(i.checked_sub(1))) + usize::from(busy(Some(i + 1)));
-                (2 - neighbours, !self.cached[i].is_empty(), i)
-            })?;
+        let i = pick_free_slot(
+            |i| self.slots[i].is_some(),
+            |i| !self.cached[i].is_empty(),
+            self.slots.len(),
+        )?;
         if !self.cached[i].is_empty() {
             self.clear_slot_kv(i);
         }
@@ -645,4 +635,53 @@ impl Engine<'_> {
 
 fn seq(slot: usize) -> i32 {
     i32::try_from(slot).unwrap_or(i32::MAX)
+}
+
+/// Which free slot of `n` takes new work. With one KV stream per slot, llama.cpp splits a step
+/// into one micro-batch per run of consecutive busy slots, and each micro-batch reads all the
+/// weights again: so the slot that keeps the busy slots in the fewest runs wins, then one that
+/// caches nothing (idle caches live longer for prefix reuse), then the lowest index.
+fn pick_free_slot(
+    busy: impl Fn(usize) -> bool,
+    caches: impl Fn(usize) -> bool,
+    n: usize,
+) -> Option<usize> {
+    let busy_at = |j: Option<usize>| j.is_some_and(|j| j < n && busy(j));
+    (0..n).filter(|&i| !busy(i)).min_by_key(|&i| {
+        let neighbours = usize::from(busy_at(i.checked_sub(1))) + usize::from(busy_at(Some(i + 1)));
+        (2 - neighbours, caches(i), i)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_free_slot;
+
+    /// `b` busy, `c` free with a cache, `.` free and empty; the answer is the slot picked.
+    fn pick(layout: &str) -> Option<usize> {
+        let l: Vec<char> = layout.chars().collect();
+        pick_free_slot(|i| l[i] == 'b', |i| l[i] == 'c', l.len())
+    }
+
+    #[test]
+    fn new_work_keeps_busy_slots_contiguous_then_spares_caches() {
+        let cases = [
+            ("........", Some(0)),
+            ("cc......", Some(2)),
+            ("cccccccc", Some(0)),
+            // Next to the busy run, on the side that caches nothing.
+            ("cbbb....", Some(4)),
+            // Both neighbours cache: the lower one.
+            ("cbbbc...", Some(0)),
+            // Filling a hole joins two runs, even at the cost of a cache.
+            ("bb.bb...", Some(2)),
+            ("bbcbb...", Some(2)),
+            // Wrapping does not help: llama.cpp's runs are by increasing sequence id.
+            ("c...bbbb", Some(3)),
+            ("bbbbbbbb", None),
+        ];
+        for (layout, want) in cases {
+            assert_eq!(pick(layout), want, "{layout}");
+        }
+    }
 }
