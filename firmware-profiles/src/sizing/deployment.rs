@@ -91,7 +91,7 @@ pub const MAX_UBATCH: u32 = 512;
 /// - one KV stream per slot (`kv_unified` off), as llama-server runs: each sequence's attention
 ///   reads only its own cells. In one unified pool, ggml's CPU flash attention scans the mask of
 ///   every cell in use for every query row, and at 8–16 streams of 1k-token prompts that scan
-///   cost 4–30% of the throughput (bench/RESULTS.md). Prefix reuse copies a stream instead of
+///   cost 3–26% of the throughput (bench/RESULTS.md). Prefix reuse copies a stream instead of
 ///   sharing cells.
 pub fn engine_deployment(settings: &ModelSettings) -> Deployment {
     let n_batch = settings.batch_tokens.max(settings.slots);

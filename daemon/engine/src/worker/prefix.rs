@@ -4,12 +4,12 @@
 //! A request placed in a free slot is *seeded* from the slot whose cached or live tokens share
 //! the longest prefix with its prompt: llama.cpp copies that slot's KV stream into the new
 //! slot's, and the copy is cut to the shared prefix (a unified cache would share the cells
-//! instead; see `seed`). When that
-//! prefix is still being prefilled by another request (a burst of requests behind one long
-//! system prompt), the newcomer *follows* it: it waits, without prefilling, until the leader's
-//! prefill has passed the shared part, and is seeded then. The prefix is prefilled once, not
-//! once per request. A follower whose leader goes away (finished, cancelled, failed or paused)
-//! takes whatever shared prefix is left in the cache and prefills the rest itself.
+//! instead; see `seed`). When that prefix is still being prefilled by another request (a burst
+//! of requests behind one long system prompt), the newcomer *follows* it: it waits, without
+//! prefilling, until the leader's prefill has passed the shared part, and is seeded then. The
+//! prefix is prefilled once, not once per request. A follower whose leader goes away (finished,
+//! cancelled, failed or paused) takes whatever shared prefix is left in the cache and prefills
+//! the rest itself.
 
 use std::sync::atomic::Ordering;
 
